@@ -54,6 +54,7 @@ class MedPLIBPredictor:
         self.features: ImageFeatures | None = None
         self.counters = {"clip_encoder": 0, "sam_encoder": 0, "prefill": 0, "mask_decoder": 0}
         self.last_timings: dict[str, float] = {}
+        self.last_region_masks: list[np.ndarray] = []
 
     # ------------------------------------------------------------------ image
     @torch.no_grad()
@@ -108,9 +109,10 @@ class MedPLIBPredictor:
             raise ValueError("question is empty")
         if regions:
             question = with_region_markers(question, len(regions))
-        grids = [region_grid(rasterize(r, feats.original_size, self.model.config.point_span),
-                             self.model.config.vision.image_size, self.model.config.vision.patch_size)
-                 for r in regions]
+        region_masks = [rasterize(r, feats.original_size, self.model.config.point_span) for r in regions]
+        self.last_region_masks = region_masks  # what the model received (inspected by geometry tests)
+        grids = [region_grid(m, self.model.config.vision.image_size, self.model.config.vision.patch_size)
+                 for m in region_masks]
         region_feats = self.model.region_features(feats.patch_feats, grids) if grids else None
         turns = list(history) + [Turn(question)]
         ids, _ = build_input_ids(self.tokenizer, self.model.config.system_prompt, turns)

@@ -63,3 +63,35 @@ def fitted_tiny():
         loss = float(out["loss"].detach())
     model.eval()
     return model, tok, img, {"liver": liver, "spleen": spleen}, loss
+
+
+@pytest.fixture(scope="session")
+def fitted_tiny_dir(fitted_tiny, tmp_path_factory):
+    """The fitted tiny model saved as a project checkpoint (what `--conf model <dir>` serves)."""
+    from medplib.loading import save_pretrained
+
+    model, tok, *_ = fitted_tiny
+    return save_pretrained(model, tok, tmp_path_factory.mktemp("ckpt") / "tiny-fitted")
+
+
+@pytest.fixture(scope="session")
+def sample_datastore_master(tmp_path_factory):
+    """The real sample datastore, built once per test session (never the repo's copy)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "sample_data" / "build_sample_data.py"
+    spec = importlib.util.spec_from_file_location("build_sample_data", script)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("build_sample_data", mod)  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod.build(tmp_path_factory.mktemp("studies") / "datastore")
+
+
+@pytest.fixture()
+def sample_datastore(sample_datastore_master, tmp_path):
+    """A private copy of the sample datastore for a test that may modify it."""
+    import shutil
+
+    return shutil.copytree(sample_datastore_master, tmp_path / "datastore")

@@ -1,0 +1,221 @@
+"""The MedPLIB MONAI Label infer task: slice-wise VQA, region VQA and grounding, and volume grounding."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from medplib.conversation import grounding_question
+from medplib.preprocess import Window
+
+from medplib_label.engine import MedPLIBEngine
+from medplib_label.geometry import PlaneMapper
+from medplib_label.volume_io import Volume, read_label_like, write_label
+
+from .prompts import PlanePrompts, build_prompts, choose_slice, resolve_task
+from .request import InferParams, bad_request, parse_params
+from .volume_scope import ground_volume
+
+logger = logging.getLogger(__name__)
+
+
+def auto_window(vol: Volume, modality: str | None) -> Window:
+    """A window per image from robust volume percentiles (the same for every slice, so volume masks agree).
+
+    CT keeps a slightly wider tail so bone and air stay distinct; other modalities clip 0.5 % on each side.
+    """
+    arr = vol.array
+    step = max(1, arr.size // 2_000_000)  # a strided sample is plenty for percentiles
+    sample = arr.reshape(-1)[::step].astype(np.float32)
+    is_ct = (modality or "").upper() == "CT" or (modality is None and sample.min() < -500)
+    lo, hi = np.percentile(sample, (0.1, 99.9) if is_ct else (0.5, 99.5))
+    if hi <= lo:
+        hi = lo + 1.0
+    return Window(center=float((lo + hi) / 2), width=float(hi - lo))
+
+
+class MedPLIBInfer(InferTask):
+    """One task class for both published models: `medplib` (interactive, deepgrow-style clicks and ROI plus
+    text) and `medplib_seg` (text / label-name auto-segmentation)."""
+
+    def __init__(self, engine: MedPLIBEngine, labels: dict[str, int], type: str = InferType.DEEPGROW,
+                 dimension: int = 2, description: str = "MedPLIB", default_task: str = "auto",
+                 default_scope: str = "slice"):
+        self.engine = engine
+        self.app_labels = labels
+        self.default_task = default_task
+        self.default_scope = default_scope
+        super().__init__(type=type, labels=labels, dimension=dimension, description=description,
+                         config=self._defaults())
+
+    def _defaults(self) -> dict[str, Any]:
+        tasks = ["auto", "ground", "vqa", "region"]
+        scopes = ["slice", "volume"]
+        return {
+            "question": "",
+            "task": [self.default_task] + [t for t in tasks if t != self.default_task],
+            "scope": [self.default_scope] + [s for s in scopes if s != self.default_scope],
+            "axis": 2,
+            "largest_cc": False,
+            "max_new_tokens": self.engine.settings.max_new_tokens,
+            "threshold": self.engine.settings.threshold,
+            "result_extension": [".nii.gz", ".nrrd"],
+        }
+
+    def is_valid(self) -> bool:
+        return True  # the model loads lazily on the first request; /info must stay cheap
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["model"] = self.engine.model_name()
+        return info
+
+    # ------------------------------------------------------------------ call
+    def __call__(self, request: dict[str, Any]):
+        t_start = time.perf_counter()
+        p = parse_params(request, self._defaults())
+        try:
+            vol = self.engine.volume(request["image"])
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=f"image: {exc}") from None
+        scribble_mask, segment = None, p.label
+        if p.label and _looks_like_file(p.label, request):
+            try:
+                scribble_mask = read_label_like(p.label, vol)
+            except ValueError as exc:
+                raise bad_request("label", str(exc)) from None
+            segment = p.label_name
+        image_info = request.get("image_info") or {}
+        if p.window:
+            window = Window(p.window.center, p.window.width)
+        else:
+            window = self.engine.cached_window(request["image"], lambda: auto_window(vol, image_info.get("modality")))
+        threshold = p.threshold if p.threshold is not None else self.engine.settings.threshold
+        t_read = time.perf_counter()
+        if p.scope == "volume":
+            return self._volume(request, p, vol, window, segment, threshold, t_start, t_read)
+        return self._slice(request, p, vol, window, segment, scribble_mask, threshold, t_start, t_read)
+
+    def _slice(self, request, p: InferParams, vol: Volume, window: Window, segment, scribble_mask, threshold,
+               t_start, t_read):
+        k = choose_slice(p, vol.shape)
+        mapper = PlaneMapper.create(vol.shape, vol.spacing, vol.direction, p.axis, k)
+        prompts = build_prompts(p, mapper, scribble_mask)
+        task, question = resolve_task(p, prompts, segment)
+        key = (request["image"], vol.shape, p.axis, k, window)
+        with self.engine.lock:
+            pred, cached = self.engine.predictor(key, mapper.extract(vol.array), window)
+            pred.mask_threshold = threshold
+            ans = pred.ask(question, **_ask_kwargs(task, prompts), max_new_tokens=p.max_new_tokens)
+        label = np.zeros(vol.shape, np.uint8)
+        names, values = self._mask_names(ans.seg_count, segment, question)
+        logit_thr = float(np.log(threshold / (1 - threshold))) if 0 < threshold < 1 else 0.0
+        for i, value in enumerate(values):
+            slice_logits = mapper.plane_to_slice(ans.mask_logits[i], logits=True)
+            _paste(label, mapper, slice_logits > logit_thr, value)
+        t_model = time.perf_counter()
+        path = write_label(label, vol, p.result_extension)
+        t_end = time.perf_counter()
+        latency = {"read": (t_read - t_start) * 1e3, **{k: round(v, 2) for k, v in ans.timings_ms.items()},
+                   "write": (t_end - t_model) * 1e3, "total": (t_end - t_start) * 1e3}
+        if cached:
+            for stage in ("preprocess", "clip_encoder", "sam_encoder"):
+                latency[stage] = 0.0
+        result = {
+            "answer": ans.text, "task": task, "question": question,
+            "label_names": names if names else {segment or self._default_name(): 1},
+            "seg_count": ans.seg_count, "axis": p.axis, "slice": k, "view": mapper.view,
+            "prompts_used": {**prompts.used, "window": {"center": window.center, "width": window.width}},
+            "features_cached": cached, "iou_predictions": ans.iou_predictions,
+            "latency_ms": {k: round(v, 2) for k, v in latency.items()},
+            "model": self.engine.model_name(),
+        }
+        return path, result
+
+    def _volume(self, request, p: InferParams, vol: Volume, window: Window, segment, threshold, t_start, t_read):
+        if p.foreground or p.background or p.roi or p.scribble:
+            raise bad_request("scope", "volume scope grounds text only; region prompts need scope 'slice'")
+        if p.question or segment:
+            question = p.question or grounding_question(segment)
+            targets = [(segment or self._name_in(question) or self._default_name(), question)]
+        else:
+            # Auto-segmentation: ground every structure the app offers (except the free "target").
+            targets = [(name, grounding_question(name)) for name in self.app_labels if name != "target"]
+        label = np.zeros(vol.shape, np.uint8)
+        names: dict[str, int] = {}
+        answers, per_target = [], {}
+        for value, (name, question) in enumerate(targets, start=1):
+            mask, stats = ground_volume(self.engine, request["image"], vol, p.axis, window, question, threshold,
+                                        p.max_new_tokens, p.largest_cc)
+            label[mask > 0] = value
+            names[name] = value
+            answers.append(stats.pop("answer"))
+            per_target[name] = stats
+        t_model = time.perf_counter()
+        path = write_label(label, vol, p.result_extension)
+        t_end = time.perf_counter()
+        return path, {
+            "answer": answers[0] if len(answers) == 1 else "; ".join(f"{n}: {a}" for n, a in zip(names, answers)),
+            "task": "ground", "question": targets[0][1] if len(targets) == 1 else None, "label_names": names,
+            "seg_count": int(sum(1 for v in names.values() if (label == v).any())), "axis": p.axis,
+            "scope": "volume", "slices": per_target,
+            "latency_ms": {"read": round((t_read - t_start) * 1e3, 2), "model": round((t_model - t_read) * 1e3, 2),
+                           "write": round((t_end - t_model) * 1e3, 2), "total": round((t_end - t_start) * 1e3, 2)},
+            "model": self.engine.model_name(),
+        }
+
+    # ------------------------------------------------------------------ names
+    def _default_name(self) -> str:
+        return "target" if "target" in self.app_labels else next(iter(self.app_labels))
+
+    def _name_in(self, text: str) -> str | None:
+        """The longest app label named in the text (so "grey matter" wins over "matter")."""
+        low = text.lower()
+        hits = [name for name in self.app_labels if name.lower() in low]
+        return max(hits, key=len) if hits else None
+
+    def _mask_names(self, n: int, segment: str | None, question: str) -> tuple[dict[str, int], list[int]]:
+        """(label_names, value of each mask). Names come from the app labels so Slicer keeps the segments.
+
+        The i-th <SEG> goes to the i-th structure named in the question; masks beyond the named structures
+        (or all masks, when one segment was asked for) are merged into the last name, never given a name
+        that Slicer would silently drop.
+        """
+        if n == 0:
+            return {}, []
+        if segment:
+            ordered = [segment]
+        else:
+            low = question.lower()
+            found = sorted((low.find(name.lower()), name) for name in self.app_labels if name.lower() in low)
+            # Drop names contained in a longer hit ("matter" inside "white matter").
+            ordered = [nm for _, nm in found if not any(nm != other and nm in other for _, other in found)]
+            ordered = ordered or [self._default_name()]
+        values = [min(i, len(ordered) - 1) + 1 for i in range(n)]
+        return {ordered[v - 1]: v for v in sorted(set(values))}, values
+
+
+def _ask_kwargs(task: str, prompts: PlanePrompts) -> dict[str, Any]:
+    if task == "region":
+        return {"regions": prompts.regions}
+    if task == "ground":
+        # Clicks and the ROI refine the grounded mask through SAM's own point/box prompts.
+        return {"points": prompts.points, "point_labels": prompts.point_labels, "box": prompts.box}
+    return {}
+
+
+def _paste(label: np.ndarray, mapper: PlaneMapper, mask2d: np.ndarray, value: int) -> None:
+    index = [slice(None)] * 3
+    index[mapper.axis] = mapper.index
+    label[tuple(index)][mask2d] = value
+
+
+def _looks_like_file(value: str, request: dict[str, Any]) -> bool:
+    import os
+
+    return os.path.sep in value and os.path.isfile(value)

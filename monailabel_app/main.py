@@ -1,0 +1,92 @@
+"""MONAI Label app serving MedPLIB.
+
+    monailabel start_server --app monailabel_app --studies sample_data/datastore [--conf KEY VALUE ...]
+
+`--conf` options (all shown in `/info` under `config`):
+  model           `small` (default), `tiny`, or a folder: a project checkpoint or the official MedPLIB-7b-2e release
+  model_dir       where trained checkpoints are published (default: <app>/model)
+  device          `auto` (default: cuda when available), `cpu`, `cuda`, `cuda:1`, ...
+  dtype           `auto` (default: bf16/fp16 on GPU, fp32 on CPU), `float32`, `bfloat16`, `float16`
+  threshold       sigmoid threshold of the masks (default 0.1, as the original)
+  max_new_tokens  answer length cap (default 64)
+  clip_path, sam_path   CLIP folder and sam-med2d_b.pth for the official release
+  labels          JSON list of structure names offered to Slicer (default brain, grey matter, white matter, csf, target)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+from medplib_label.engine import EngineSettings, MedPLIBEngine
+from medplib_label.infers.medplib_infer import MedPLIBInfer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LABELS = ["brain", "grey matter", "white matter", "csf", "target"]
+
+
+def engine_settings(app_dir: str, conf: dict[str, str]) -> EngineSettings:
+    """Parse the model-related `--conf` values (all strings) with clear errors."""
+    def number(key: str, default, kind):
+        try:
+            return kind(conf.get(key, default))
+        except ValueError:
+            raise ValueError(f"--conf {key} must be a {kind.__name__}, got {conf.get(key)!r}") from None
+
+    return EngineSettings(
+        model=conf.get("model", "small"),
+        model_dir=conf.get("model_dir", os.path.join(app_dir, "model")),
+        device=conf.get("device", "auto"),
+        dtype=conf.get("dtype", "auto"),
+        threshold=number("threshold", 0.1, float),
+        max_new_tokens=number("max_new_tokens", 64, int),
+        clip_path=conf.get("clip_path"),
+        sam_path=conf.get("sam_path"),
+    )
+
+
+class MedPLIBApp(MONAILabelApp):
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        self.settings = engine_settings(app_dir, conf)
+        self.engine = MedPLIBEngine(self.settings)  # the model itself loads on the first request
+        names = json.loads(conf["labels"]) if "labels" in conf else DEFAULT_LABELS
+        self.label_map = {name: i + 1 for i, name in enumerate(names)}
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="MedPLIB Label",
+                         description="MedPLIB: pixel-level VQA, region prompts and text-to-mask grounding",
+                         version="0.1.0", labels=self.label_map)
+
+    def init_infers(self):
+        return {
+            "medplib": MedPLIBInfer(self.engine, self.label_map, type=InferType.DEEPGROW, dimension=2,
+                                    description="MedPLIB interactive: clicks / ROI / scribble plus a question or "
+                                                "the segment name, on the current slice"),
+            "medplib_seg": MedPLIBInfer(self.engine, self.label_map, type=InferType.SEGMENTATION, dimension=3,
+                                        description="MedPLIB text grounding of the segment name or question on "
+                                                    "the whole volume", default_task="ground",
+                                        default_scope="volume"),
+        }
+
+    def init_strategies(self):
+        return {"random": Random(), "first": First()}
+
+    def info(self):
+        info = super().info()
+        info.setdefault("config", {})["medplib"] = self.settings.to_info()
+        return info
+
+    def infer(self, request, datastore=None):
+        # The task only sees the resolved path; pass the datastore metadata (modality, ...) along with it.
+        image_id = request.get("image")
+        if isinstance(image_id, str) and not os.path.exists(image_id):
+            try:
+                request = {**request, "image_info": self.datastore().get_image_info(image_id)}
+            except Exception:  # unknown id: MONAILabelApp.infer reports it below
+                pass
+        return super().infer(request, datastore)
