@@ -28,7 +28,7 @@ test: install
 	$(PY) -m pytest -q
 
 serve: install sample-data
-	$(VENV)/bin/monailabel start_server --app monailabel_app --studies $(STUDIES) --host $(HOST) --port $(PORT)
+	$(PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) --host $(HOST) --port $(PORT)
 
 bench: install
 	$(PY) bench/bench_model.py
