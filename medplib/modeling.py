@@ -96,6 +96,13 @@ class MedPLIBForCausalLM(nn.Module):
         self.token_ids = dict(token_ids)
         self.seg_token_id = token_ids[SEG_TOKEN]
         self.eos_token_id = token_ids["eos"]
+        self.base_vocab_size = token_ids[SEG_TOKEN]  # MedPLIB's tokens are appended after the base vocabulary
+
+    def forward(self, batch, weights=None) -> dict[str, torch.Tensor]:
+        """Training forward: the loss dict of `medplib.losses.compute_loss` (lets DDP wrap the model)."""
+        from .losses import compute_loss
+
+        return compute_loss(self, batch, weights)
 
     # ----------------------------------------------------------------- encoders
     @property

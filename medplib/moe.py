@@ -53,6 +53,9 @@ class MoEFeedForward(nn.Module):
         self.deepspeed_moe = MoEBlock(hidden_size, experts)
         self.last_routing: torch.Tensor | None = None  # expert index per token of the last call (for tests/stats)
         self.record_routing = False
+        # Training stages II/III of the paper train one expert as a dense FFN: route every token to it, still
+        # scaled by its gate probability so the output stays continuous with the MoE stage that follows.
+        self.force_expert: int | None = None
 
     @property
     def num_experts(self) -> int:
@@ -62,7 +65,11 @@ class MoEFeedForward(nn.Module):
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])
         probs = self.deepspeed_moe.gate(tokens)
-        gate, choice = probs.max(dim=-1)
+        if self.force_expert is None:
+            gate, choice = probs.max(dim=-1)
+        else:
+            choice = torch.full(probs.shape[:1], self.force_expert, dtype=torch.long, device=probs.device)
+            gate = probs[:, self.force_expert]
         if self.record_routing:
             self.last_routing = choice.detach().reshape(shape[:-1])
         experts = self.deepspeed_moe.experts.deepspeed_experts

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medplib.loading import WEIGHTS_NAME, build_model, from_pretrained
+from medplib.loading import DELTA_NAME, WEIGHTS_NAME, build_model, from_pretrained
 from medplib.predictor import MedPLIBPredictor
 from medplib.preprocess import Window
 
@@ -88,7 +88,7 @@ class MedPLIBEngine:
         if os.path.isdir(spec):
             return Path(spec)
         published = Path(self.settings.model_dir) / spec
-        return published if (published / WEIGHTS_NAME).is_file() else None
+        return published if _weights_file(published) is not None else None
 
     def model_name(self) -> str:
         folder = self.published_dir()
@@ -151,6 +151,13 @@ class MedPLIBEngine:
             return pred, False
 
 
+def _weights_file(folder: Path) -> Path | None:
+    for name in (WEIGHTS_NAME, DELTA_NAME):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def _weights_mtime(folder: Path) -> float | None:
-    weights = folder / WEIGHTS_NAME
-    return weights.stat().st_mtime if weights.is_file() else None
+    weights = _weights_file(folder)
+    return weights.stat().st_mtime if weights is not None else None

@@ -81,6 +81,17 @@ class PlaneMapper:
         t = torch.from_numpy(np.ascontiguousarray(plane))[None, None]
         return F.interpolate(t, self.model_shape, mode="bilinear", align_corners=False)[0, 0].numpy()
 
+    def extract_labels(self, volume: np.ndarray) -> np.ndarray:
+        """Integer labels on the model plane by nearest neighbour (pixel centres), the inverse of `paste`."""
+        plane = self._orient(np.take(volume, self.index, axis=self.axis))
+        if self.model_shape == self.plane_shape:
+            return np.ascontiguousarray(plane)
+        rows = np.minimum(((np.arange(self.model_shape[0]) + 0.5) / self.row_scale).astype(int),
+                          self.plane_shape[0] - 1)
+        cols = np.minimum(((np.arange(self.model_shape[1]) + 0.5) / self.col_scale).astype(int),
+                          self.plane_shape[1] - 1)
+        return np.ascontiguousarray(plane[np.ix_(rows, cols)])
+
     def _orient(self, plane: np.ndarray) -> np.ndarray:
         """np.take leaves the two in-plane axes in increasing IJK order; put rows first, then flip."""
         in_plane = [a for a in (0, 1, 2) if a != self.axis]

@@ -26,6 +26,8 @@ from monailabel.tasks.activelearning.random import Random
 
 from medplib_label.engine import EngineSettings, MedPLIBEngine
 from medplib_label.infers.medplib_infer import MedPLIBInfer
+from medplib_label.trainers.medplib_train import MedPLIBTrainTask
+from medplib_label.trainers.uncertainty import MedPLIBUncertaintyScoring, UncertaintyStrategy
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +75,20 @@ class MedPLIBApp(MONAILabelApp):
                                         default_scope="volume"),
         }
 
+    def init_trainers(self):
+        if self.conf.get("skip_trainers", "false").lower() == "true":
+            return {}
+        # Trained weights are published where the engine looks for them: <model_dir>/<preset or folder name>.
+        publish_as = os.path.basename(os.path.normpath(self.settings.model))
+        return {"medplib": MedPLIBTrainTask(self.settings.model_dir, self.settings.model, publish_as)}
+
     def init_strategies(self):
-        return {"random": Random(), "first": First()}
+        # "uncertainty" reads scores stored in the datastore by the scoring method below; it never runs the model.
+        return {"random": Random(), "first": First(), "uncertainty": UncertaintyStrategy()}
+
+    def init_scoring_methods(self):
+        structures = [name for name in self.label_map if name != "target"]
+        return {"uncertainty": MedPLIBUncertaintyScoring(self.engine, structures, max_new_tokens=16)}
 
     def info(self):
         info = super().info()

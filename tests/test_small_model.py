@@ -21,7 +21,7 @@ def test_small_tokens_and_shapes(small):
     assert model.lm_head.weight.shape[0] == len(tok) == 49152 + 267
     assert model.lm_head.weight is model.model.embed_tokens.weight  # SmolLM2 ties them
     assert len(model.model.layers) == 30
-    assert model.config.vision.grid_size == 24 and model.config.sam.image_size == 256
+    assert model.config.vision.grid_size == 12 and model.config.sam.image_size == 256
 
 
 def test_small_llm_keeps_pretrained_knowledge_after_moe_conversion(small):
@@ -43,4 +43,4 @@ def test_small_answers_on_a_real_image(small):
     ans = pred.ask("What modality is this image?", max_new_tokens=8)
     assert len(ans.token_ids) >= 1 and isinstance(ans.text, str)
     assert ans.masks.shape[1:] == vol.shape[:2]
-    assert pred.features.image_tokens.shape == (576, 576)  # 24x24 patches, SmolLM2 hidden 576
+    assert pred.features.image_tokens.shape == (144, 576)  # 12x12 patches, SmolLM2 hidden 576

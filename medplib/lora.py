@@ -1,0 +1,148 @@
+"""LoRA (peft) on the LLM part of MedPLIB only, per-stage trainable sets, and the new-token-rows gradient mask."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .modeling import MedPLIBForCausalLM
+from .moe import moe_layers
+
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+FFN = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraSettings:
+    """Which LLM linears carry LoRA factors (one injection for all stages; stages toggle subsets)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    attention: tuple[str, ...] = ATTN
+    experts: tuple[int, ...] = (0, 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoraSettings":
+        d = dict(d)
+        d["attention"] = tuple(d.get("attention", ATTN))
+        d["experts"] = tuple(d.get("experts", (0, 1)))
+        return cls(**d)
+
+    def target_regex(self) -> str:
+        # Anchored at "layers." so the CLIP tower and the SAM decoder (which also have q_proj/v_proj) never match.
+        attn = "|".join(self.attention)
+        experts = "|".join(str(e) for e in self.experts)
+        ffn = "|".join(FFN)
+        return (rf"layers\.\d+\.(self_attn\.({attn})"
+                rf"|mlp\.deepspeed_moe\.experts\.deepspeed_experts\.({experts})\.({ffn}))")
+
+
+def add_lora(model: MedPLIBForCausalLM, settings: LoraSettings) -> None:
+    """Inject LoRA factors into the LLM decoder layers (in place, initialised so the output is unchanged)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if has_lora(model):
+        return
+    cfg = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                     target_modules=settings.target_regex(), bias="none")
+    inject_adapter_in_model(cfg, model.model)
+    model.lora_settings = settings
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def merge_lora(model: MedPLIBForCausalLM) -> None:
+    """Fold LoRA factors into the base weights and drop them (inference speed; exact up to rounding)."""
+    from peft.tuners.lora import LoraLayer
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer):
+                child.merge()
+                setattr(parent, name, child.get_base_layer())
+    if hasattr(model, "lora_settings"):
+        del model.lora_settings
+
+
+# ---------------------------------------------------------------------- trainable sets per stage
+@dataclass
+class StagePlan:
+    """What a training stage updates and how the MoE routes (paper Table: stages II, III, IV)."""
+
+    name: str
+    lora_attention: tuple[str, ...] = ()
+    lora_experts: tuple[int, ...] = ()
+    force_expert: int | None = None
+    train_router: bool = False
+    modules: tuple[str, ...] = ()  # dotted prefixes under the model, trained fully
+    kinds: tuple[str, ...] = ("vqa", "region", "ground")
+    loss: dict = field(default_factory=dict)
+
+
+STAGES: dict[str, StagePlan] = {
+    # II: VQA expert (expert 1) with LoRA on attention too; projector, norms, new tokens, region adapter.
+    "vqa": StagePlan("vqa", ATTN, (1,), force_expert=1,
+                     modules=("model.mm_projector", "model.region_fea_adapter", "input_layernorm",
+                              "post_attention_layernorm", "new_token_rows"),
+                     kinds=("vqa", "region"), loss={"ce": 1.0, "bce": 0.0, "dice": 0.0, "focal": 0.0}),
+    # III: grounding expert (expert 0) FFN LoRA; mask decoder and text->prompt MLP.
+    "ground": StagePlan("ground", (), (0,), force_expert=0,
+                        modules=("model.visual_model.mask_decoder", "model.text_hidden_fcs", "new_token_rows"),
+                        kinds=("ground",), loss={"ce": 1.0, "bce": 1.0, "dice": 5.0, "focal": 1.0}),
+    # IV: router plus LoRA on q, v and both experts; decoder, text MLP, region adapter, new tokens.
+    "moe": StagePlan("moe", ("q_proj", "v_proj"), (0, 1), train_router=True,
+                     modules=("model.visual_model.mask_decoder", "model.text_hidden_fcs", "model.region_fea_adapter",
+                              "new_token_rows"),
+                     loss={"ce": 1.0, "bce": 2.0, "dice": 0.5, "focal": 0.0}),
+}
+ENCODERS = ("model.vision_tower", "model.visual_model.image_encoder", "model.visual_model.prompt_encoder",
+            "model.mm_projector")
+
+
+def configure_stage(model: MedPLIBForCausalLM, plan: StagePlan, train_encoders: bool = False,
+                    full_embeddings: bool = False) -> list[nn.Parameter]:
+    """Freeze everything, then enable this stage's parameters; returns them (for the optimizer)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for moe in moe_layers(model):
+        moe.force_expert = plan.force_expert
+    prefixes = list(plan.modules) + (list(ENCODERS) if train_encoders else [])
+    lora_re = LoraSettings(attention=plan.lora_attention, experts=plan.lora_experts).target_regex()
+    import re
+
+    pattern = re.compile(lora_re)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            module_name = name.split(".lora_")[0].removeprefix("model.")
+            p.requires_grad_(bool(pattern.fullmatch(module_name)) and bool(plan.lora_attention or plan.lora_experts))
+        elif plan.train_router and name.endswith("deepspeed_moe.gate.wg.weight"):
+            p.requires_grad_(True)
+        elif any(name.startswith(pre) or f".{pre}." in name for pre in prefixes if pre != "new_token_rows"):
+            p.requires_grad_(True)
+    if "new_token_rows" in plan.modules:
+        emb = model.model.embed_tokens.weight
+        emb.requires_grad_(True)
+        if not full_embeddings:
+            _mask_rows(emb, model.base_vocab_size)
+        if not model.llm_config.tie_word_embeddings:
+            model.lm_head.weight.requires_grad_(True)
+            if not full_embeddings:
+                _mask_rows(model.lm_head.weight, model.base_vocab_size)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _mask_rows(weight: nn.Parameter, first_new: int) -> None:
+    """Only the rows of the added tokens learn: the pretrained vocabulary stays exactly as shipped."""
+    if getattr(weight, "_row_mask_hook", None) is not None:
+        return
+    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    mask[first_new:] = 1
+    weight._row_mask_hook = weight.register_hook(lambda g: g * mask.to(g.dtype))
