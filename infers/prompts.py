@@ -31,7 +31,12 @@ class PlanePrompts:
 def choose_slice(p: InferParams, shape: tuple[int, int, int]) -> int:
     """The slice index: `slice`, else that of the first prompt, else the middle slice."""
     axis = p.axis
-    if p.slice is not None:
+    points = p.foreground + p.background
+    if p.slice is not None and axis != 2 and points and all(round(q[2]) == p.slice for q in points) \
+            and not all(round(q[axis]) == p.slice for q in points):
+        # The stock Slicer plugin always sends `slice` as the K index; with another axis, the clicks say which.
+        k = int(round(points[0][axis]))
+    elif p.slice is not None:
         k = p.slice
     elif p.foreground:
         k = int(round(p.foreground[0][axis]))

@@ -170,3 +170,13 @@ def test_features_cached_between_questions_on_one_slice(server, tmp_path):
     second, _, _ = parse_infer(infer(client, "mni152_t1", {"label": "brain", "slice": 33}), tmp_path)
     assert not first["features_cached"] and second["features_cached"]
     assert second["latency_ms"]["clip_encoder"] == 0.0
+
+
+def test_stock_slicer_slice_param_is_k_even_on_other_axes(server, tmp_path):
+    """Slicer's MONAILabel plugin always sends `slice` = K; with axis 0 or 1 the clicks give the real slice."""
+    client, _, _ = server
+    res, label, _ = parse_infer(infer(client, "mni152_t1", {"foreground": [[98, 120, 90]], "slice": 90, "axis": 0,
+                                                              "label": "white matter"}), tmp_path)
+    assert res["slice"] == 98 and res["axis"] == 0
+    data = np.asanyarray(label.dataobj)
+    assert not np.delete(data, 98, axis=0).any()
