@@ -106,14 +106,28 @@ class MedPLIBInfer(InferTask):
         k = choose_slice(p, vol.shape)
         mapper = PlaneMapper.create(vol.shape, vol.spacing, vol.direction, p.axis, k)
         prompts = build_prompts(p, mapper, scribble_mask)
-        task, question = resolve_task(p, prompts, segment)
         key = (request["image"], vol.shape, p.axis, k, window)
-        with self.engine.lock:
-            pred, cached = self.engine.predictor(key, mapper.extract(vol.array), window)
-            pred.mask_threshold = threshold
-            ans = pred.ask(question, **_ask_kwargs(task, prompts), max_new_tokens=p.max_new_tokens)
+        if p.refine:
+            task, question = "refine", None
+            if prompts.points is None and prompts.box is None:
+                raise bad_request("refine", "needs foreground/background points or a roi on the slice")
+            with self.engine.lock:
+                pred = self.engine.cached_predictor(key)
+                if pred is None or pred._last_seg is None:
+                    raise bad_request("refine", f"no grounded mask on slice {k} of axis {p.axis} to refine; "
+                                                "ask a grounding question on this slice first")
+                pred.mask_threshold = threshold
+                ans = pred.refine(points=prompts.points, point_labels=prompts.point_labels, box=prompts.box)
+            cached = True
+            question = pred._last_answer.prompt.rsplit("USER:", 1)[-1].replace("ASSISTANT:", "").strip()
+        else:
+            task, question = resolve_task(p, prompts, segment)
+            with self.engine.lock:
+                pred, cached = self.engine.predictor(key, mapper.extract(vol.array), window)
+                pred.mask_threshold = threshold
+                ans = pred.ask(question, **_ask_kwargs(task, prompts), max_new_tokens=p.max_new_tokens)
         label = np.zeros(vol.shape, np.uint8)
-        names, values = self._mask_names(ans.seg_count, segment, question)
+        names, values = self._mask_names(ans.seg_count, segment, question or "")
         logit_thr = float(np.log(threshold / (1 - threshold))) if 0 < threshold < 1 else 0.0
         for i, value in enumerate(values):
             slice_logits = mapper.plane_to_slice(ans.mask_logits[i], logits=True)

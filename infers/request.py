@@ -43,6 +43,7 @@ class InferParams(BaseModel):
     scope: Literal["slice", "volume"] = "slice"
     window: WindowParam | None = None
     largest_cc: bool = False
+    refine: bool = False  # re-decode the last grounded mask on this slice with the clicks / roi (no LLM)
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     max_new_tokens: int | None = Field(default=None, ge=1, le=2048)
     result_extension: Literal[".nii.gz", ".nrrd", ".nii"] = ".nii.gz"

@@ -149,15 +149,19 @@ class MedPLIBForCausalLM(nn.Module):
         return torch.stack(feats).to(self.dtype)
 
     # ----------------------------------------------------------------- LLM
-    def embed_sequence(self, input_ids: list[int], image_tokens: torch.Tensor,
+    def embed_sequence(self, input_ids: list[int], image_tokens: torch.Tensor | None,
                        region_feats: torch.Tensor | None = None) -> torch.Tensor:
-        """Token ids with IMAGE/REGION placeholders -> input embeddings [L, hidden]."""
+        """Token ids with IMAGE/REGION placeholders -> input embeddings [L, hidden].
+
+        `image_tokens` may be None for a continuation after a cached prefix that already holds the image.
+        """
         n_regions = sum(1 for t in input_ids if t == REGION_TOKEN_INDEX)
         have = 0 if region_feats is None else region_feats.shape[0]
         if n_regions != have:
             raise ValueError(f"prompt has {n_regions} region placeholder(s) but {have} region feature(s) given")
-        if sum(1 for t in input_ids if t == IMAGE_TOKEN_INDEX) != 1:
-            raise ValueError("prompt must contain exactly one <image> placeholder")
+        n_images = sum(1 for t in input_ids if t == IMAGE_TOKEN_INDEX)
+        if n_images != (0 if image_tokens is None else 1):
+            raise ValueError("prompt must contain exactly one <image> placeholder per image given")
         ids = torch.tensor(input_ids, device=self.device)
         text = self.model.embed_tokens(ids.clamp(min=0))
         pieces, region_idx, start = [], 0, 0

@@ -139,6 +139,11 @@ class MedPLIBEngine:
                 self._windows = {key: compute()}  # only the current image's window is kept
             return self._windows[key]
 
+    def cached_predictor(self, key: tuple) -> MedPLIBPredictor | None:
+        """The predictor of `key` if it is the cached one (refinement clicks must not re-encode)."""
+        with self.lock:
+            return self._predictor if self._predictor_key == key else None
+
     def predictor(self, key: tuple, plane: np.ndarray, window: Window) -> tuple[MedPLIBPredictor, bool]:
         """A predictor with `plane` set; re-used (features cached) when `key` matches the previous call."""
         model, tok = self.get()

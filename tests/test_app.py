@@ -180,3 +180,20 @@ def test_stock_slicer_slice_param_is_k_even_on_other_axes(server, tmp_path):
     assert res["slice"] == 98 and res["axis"] == 0
     data = np.asanyarray(label.dataobj)
     assert not np.delete(data, 98, axis=0).any()
+
+
+def test_refine_clicks_reuse_the_last_grounded_mask(server, tmp_path):
+    client, instance, _ = server
+    r = infer(client, "mni152_t1", {"refine": True, "foreground": [[90, 100, 60]], "slice": 60})
+    assert r.status_code == 422 and "refine" in r.json()["detail"]
+    first, _, _ = parse_infer(infer(client, "mni152_t1", {"label": "white matter", "slice": 60}), tmp_path)
+    pred = instance().engine._predictor
+    before = dict(pred.counters)
+    res, label, _ = parse_infer(infer(client, "mni152_t1", {"refine": True, "foreground": [[90, 100, 60]],
+                                                              "background": [[60, 60, 60]], "slice": 60,
+                                                              "label": "white matter"}), tmp_path)
+    assert res["task"] == "refine" and res["seg_count"] == first["seg_count"] >= 1
+    assert res["label_names"] == {"white matter": 1}
+    delta = {k: pred.counters[k] - before[k] for k in before}
+    assert delta == {"clip_encoder": 0, "sam_encoder": 0, "prefill": 0, "image_prefill": 0, "mask_decoder": 1}
+    assert not np.delete(np.asanyarray(label.dataobj), 60, axis=2).any()

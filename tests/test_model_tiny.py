@@ -115,3 +115,39 @@ def test_native_point_and_box_prompts_change_the_mask(fitted_tiny):
     assert pts.seg_count == box.seg_count == 1
     assert not np.allclose(plain.mask_logits, pts.mask_logits)
     assert not np.allclose(plain.mask_logits, box.mask_logits)
+
+
+def test_prefix_kv_cache_gives_the_same_answers_and_skips_image_prefill(fitted_tiny):
+    model, tok, img, _, _ = fitted_tiny
+    cached, plain = MedPLIBPredictor(model, tok), MedPLIBPredictor(model, tok)
+    plain.prefix_cache = False
+    for pred in (cached, plain):
+        pred.set_image(img)
+    questions = [("Please segment the liver.", []), ("What is this?", [Point(8, 8)]),
+                 ("Segment the liver and the spleen.", []), ("What is this?", [Point(32, 62)])]
+    for q, regions in questions:
+        a, b = cached.ask(q, regions=regions), plain.ask(q, regions=regions)
+        assert a.token_ids == b.token_ids and a.text == b.text
+        np.testing.assert_allclose(a.mask_logits, b.mask_logits, rtol=1e-4, atol=1e-4)
+    # Counters, not timings: the image went through the encoders and the LLM prefix exactly once.
+    assert cached.counters["clip_encoder"] == cached.counters["sam_encoder"] == 1
+    assert cached.counters["image_prefill"] == 1 and cached.counters["prefill"] == len(questions)
+
+
+def test_refine_reuses_seg_embedding_and_runs_only_the_decoder(fitted_tiny):
+    model, tok, img, masks, _ = fitted_tiny
+    pred = MedPLIBPredictor(model, tok)
+    pred.set_image(img)
+    with pytest.raises(RuntimeError, match="grounded"):
+        pred.refine(points=np.array([[10, 20]]))
+    first = pred.ask("Please segment the liver.")
+    before = dict(pred.counters)
+    refined = pred.refine(points=np.array([[30, 60]]), point_labels=np.array([1]))
+    assert refined.text == first.text and refined.masks.shape == first.masks.shape
+    assert not np.allclose(refined.mask_logits, first.mask_logits)
+    # Same as asking again with the same native prompts (same <SEG> embedding, same decoder inputs).
+    again = pred.ask("Please segment the liver.", points=np.array([[30, 60]]), point_labels=np.array([1]))
+    np.testing.assert_allclose(refined.mask_logits, again.mask_logits, rtol=1e-4, atol=1e-4)
+    delta = {k: pred.counters[k] - before[k] for k in before}
+    assert delta["clip_encoder"] == delta["sam_encoder"] == delta["image_prefill"] == 0
+    assert delta["prefill"] == 1 and delta["mask_decoder"] == 2  # the refine plus the comparison ask
