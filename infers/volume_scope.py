@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medplib.preprocess import Window, window_to_uint8
+from medplib.predictor import MedPLIBPredictor
+from medplib.preprocess import Window, to_rgb, window_to_uint8
 
 from medplib_label.engine import MedPLIBEngine
 from medplib_label.geometry import PlaneMapper
@@ -28,31 +29,57 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def ground_volume(engine: MedPLIBEngine, image_key: str, vol: Volume, axis: int, window: Window, question: str,
-                  threshold: float, max_new_tokens: int | None, keep_largest: bool) -> tuple[np.ndarray, dict]:
-    """Union of every <SEG> mask of every slice, each slice grounded exactly as the slice path does."""
+                  threshold: float, max_new_tokens: int | None, keep_largest: bool,
+                  batch_size: int = 8) -> tuple[np.ndarray, dict]:
+    """Union of every <SEG> mask of every slice with tissue.
+
+    Slices go through the model in batches with the answer forced to the grounding template (one LLM forward per
+    batch). Where the model would not itself have answered with the template, that slice falls back to the
+    interactive path (generation), so the masks are those of per-slice calls either way.
+    """
+    from medplib.batch_ground import ground_batch
+
+    model, tok = engine.get()
     label = np.zeros(vol.shape, bool)
     logit_thr = float(np.log(threshold / (1 - threshold))) if 0 < threshold < 1 else 0.0
-    skipped, with_mask, answer = 0, 0, ""
+    todo: list[tuple[int, PlaneMapper, np.ndarray]] = []
+    skipped = 0
     for k in range(vol.shape[axis]):
         mapper = PlaneMapper.create(vol.shape, vol.spacing, vol.direction, axis, k)
         plane = mapper.extract(vol.array)
-        if not has_tissue(plane, window):
+        if has_tissue(plane, window):
+            todo.append((k, mapper, plane))
+        else:
             skipped += 1
-            continue
+    with_mask, forced, fallback, answer = 0, 0, 0, ""
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        rgbs = [to_rgb(window_to_uint8(plane, window)) for _, _, plane in chunk]
         with engine.lock:
-            pred, _ = engine.predictor((image_key, vol.shape, axis, k, window), plane, window)
-            ans = pred.ask(question, max_new_tokens=max_new_tokens)
-        answer = answer or ans.text
-        hit = False
-        for i in range(ans.seg_count):
-            mask2d = mapper.plane_to_slice(ans.mask_logits[i], logits=True) > logit_thr
-            index = [slice(None)] * 3
-            index[axis] = k
-            label[tuple(index)] |= mask2d
-            hit = hit or bool(mask2d.any())
-        with_mask += int(hit)
+            result = ground_batch(model, tok, rgbs, question)
+        for (k, mapper, plane), logits, ok in zip(chunk, result.logits, result.forced_ok):
+            if ok:
+                forced += 1
+                masks = [logits]
+                answer = answer or "Sure, it is ."
+            else:
+                fallback += 1
+                with engine.lock:
+                    pred = MedPLIBPredictor(model, tok, mask_threshold=threshold)
+                    pred.set_image(plane, window)
+                    ans = pred.ask(question, max_new_tokens=max_new_tokens)
+                answer = answer or ans.text
+                masks = list(ans.mask_logits)
+            hit = False
+            for m in masks:
+                mask2d = mapper.plane_to_slice(m, logits=True) > logit_thr
+                index = [slice(None)] * 3
+                index[axis] = k
+                label[tuple(index)] |= mask2d
+                hit = hit or bool(mask2d.any())
+            with_mask += int(hit)
     if keep_largest and label.any():
         label = largest_component(label)
     stats = {"answer": answer, "slices_total": vol.shape[axis], "slices_skipped": skipped,
-             "slices_with_mask": with_mask}
+             "slices_with_mask": with_mask, "slices_forced": forced, "slices_generated": fallback}
     return label.astype(np.uint8), stats

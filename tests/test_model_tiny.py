@@ -151,3 +151,23 @@ def test_refine_reuses_seg_embedding_and_runs_only_the_decoder(fitted_tiny):
     delta = {k: pred.counters[k] - before[k] for k in before}
     assert delta["clip_encoder"] == delta["sam_encoder"] == delta["image_prefill"] == 0
     assert delta["prefill"] == 1 and delta["mask_decoder"] == 2  # the refine plus the comparison ask
+
+
+def test_batched_forced_grounding_matches_generation_or_declines(fitted_tiny):
+    from medplib.batch_ground import ground_batch
+
+    model, tok, img, _, _ = fitted_tiny
+    rgb = np.repeat((img * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    flipped = rgb[:, ::-1].copy()
+    res = ground_batch(model, tok, [rgb, flipped], "Please segment the liver.")
+    pred = MedPLIBPredictor(model, tok)
+    for image, logits, ok in zip([rgb, flipped], res.logits, res.forced_ok):
+        pred.set_image(image)
+        ans = pred.ask("Please segment the liver.")
+        generated_template = ans.text == "Sure, it is ." and ans.seg_count == 1
+        assert ok == generated_template
+        if ok:  # the forced <SEG> state is the generated one, so the mask is the same
+            np.testing.assert_allclose(logits, ans.mask_logits[0], rtol=1e-3, atol=1e-3)
+    assert res.forced_ok[0]  # the fitted image itself is answered with the template
+    # A question the model answers otherwise is declined (the caller then generates).
+    assert ground_batch(model, tok, [rgb], "What modality is this?").forced_ok == [False]

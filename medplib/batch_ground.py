@@ -1,0 +1,60 @@
+"""Batched grounding of one question on many images (volume scope): one LLM forward per batch, no decoding.
+
+The answer is forced to the grounding template ("Sure, it is <SEG>.") and checked against the model's own
+greedy choices at every template position: where the model would have generated exactly the template, the
+forced <SEG> state *is* the generated one, so the mask equals the interactive path's; elsewhere the caller falls
+back to ordinary generation for that image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .conversation import GROUND_ANSWER, Turn, build_input_ids
+from .modeling import MedPLIBForCausalLM
+from .preprocess import clip_pixel_values, postprocess_masks, sam_pixel_values
+
+
+@dataclass
+class BatchGrounding:
+    """Per image: mask logits [H, W] (None when the model would not answer with the template)."""
+
+    logits: list[np.ndarray | None]
+    forced_ok: list[bool]
+
+
+@torch.no_grad()
+def ground_batch(model: MedPLIBForCausalLM, tokenizer, images: list[np.ndarray], question: str,
+                 answer: str = GROUND_ANSWER) -> BatchGrounding:
+    """`images` are HxWx3 uint8 (all the same size, e.g. slices of one volume)."""
+    cfg = model.config
+    clip = torch.stack([clip_pixel_values(im, cfg.vision.image_size) for im in images])
+    sam = [sam_pixel_values(im, cfg.sam.image_size, cfg.sam.pixel_mean, cfg.sam.pixel_std) for im in images]
+    image_tokens, _ = model.encode_images(clip)
+    sam_emb = model.encode_sam(torch.stack([px for px, _ in sam]))
+    ids, labels = build_input_ids(tokenizer, cfg.system_prompt, [Turn(question, answer)])
+    embeds = torch.stack([model.embed_sequence(ids, image_tokens[i]) for i in range(len(images))])
+    hidden, _ = model.run_llm(embeds)
+    n_img = image_tokens.shape[1]
+    # Positions in the spliced sequence: the image placeholder became n_img positions.
+    offset = n_img - 1
+    answer_pos = [i for i, lab in enumerate(labels) if lab >= 0]
+    # Hidden state at position t predicts token t+1: check every answer token is the greedy choice.
+    pred_pos = torch.tensor([p - 1 + offset for p in answer_pos])
+    logits = model.lm_head(hidden[:, pred_pos]).float()
+    target = torch.tensor([ids[p] for p in answer_pos])
+    forced_ok = (logits.argmax(-1) == target[None]).all(-1).tolist()
+    seg_pos = [p - 1 + offset for p in answer_pos if ids[p] == model.seg_token_id]
+    out: list[np.ndarray | None] = []
+    for i, ok in enumerate(forced_ok):
+        if not ok or not seg_pos:
+            out.append(None)
+            continue
+        prompts = model.seg_to_prompt(hidden[i, seg_pos])
+        low, _ = model.decode_masks(sam_emb[i:i + 1], prompts)
+        full = postprocess_masks(low.float(), sam[i][1], images[i].shape[:2])[:, 0]
+        out.append(full[0].cpu().numpy().astype(np.float32))  # the template has one <SEG>
+    return BatchGrounding(out, forced_ok)
