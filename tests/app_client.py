@@ -27,8 +27,9 @@ def monailabel_client(studies: str | os.PathLike, conf: dict[str, str]):
     settings.MONAI_LABEL_AUTO_UPDATE_SCORING = False
     settings.MONAI_LABEL_TRACKING_ENABLED = False
     settings.MONAI_LABEL_SESSION_PATH = tempfile.mkdtemp(prefix="mlsessions_")
-    from monailabel.app import app
     from monailabel.interfaces.utils.app import app_instance, clear_cache
+
+    from medplib_label.server import app  # MONAI Label's app with our non-blocking /infer, as `make serve` runs
 
     clear_cache()
     try:

@@ -193,7 +193,7 @@ def _start_once(app_dir, studies, conf: dict[str, str], env: dict | None, deadli
     url = f"http://127.0.0.1:{port}"
 
     cmd = [str(bindir / "monailabel"), "start_server", "--app", str(app_dir), "--studies", str(studies),
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), "--uvicorn_app", "medplib_label.server:app"]
     for key, value in conf.items():
         cmd += ["--conf", str(key), str(value)]
 

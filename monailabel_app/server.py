@@ -1,0 +1,124 @@
+"""The FastAPI app `make serve` runs: MONAI Label's own app with a non-blocking, bounded `/infer/{model}`.
+
+MONAI Label's endpoints are `async def` and call inference directly, so one running infer blocks every other
+request (even `/info`). Here `/infer` runs MONAI Label's own request handling in a single model worker thread
+(one model copy; the engine serialises GPU/CPU use anyway), behind a bounded queue:
+  * the event loop stays free: `/info`, `/train` status, datastore calls answer while a model runs;
+  * a full queue answers 503 with Retry-After instead of piling up requests;
+  * a request that waits or runs longer than its timeout answers 503 (the worker finishes it and moves on);
+  * any failure inside the model (an exception, out of memory) fails only that request, with a 503 and a clear
+    message; bad input keeps its 4xx.
+Start with `monailabel start_server ... --uvicorn_app medplib_label.server:app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
+from fastapi.responses import JSONResponse
+from monailabel.app import app
+from monailabel.config import RBAC_USER, settings
+from monailabel.endpoints import infer as infer_endpoints
+from monailabel.endpoints.infer import ResultType, run_inference
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.exception import MONAILabelException
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUE = int(os.environ.get("MEDPLIB_MAX_QUEUE", "16"))  # running + waiting infer requests
+TIMEOUT_S = float(os.environ.get("MEDPLIB_INFER_TIMEOUT", str(settings.MONAI_LABEL_INFER_TIMEOUT)))
+RETRY_AFTER_S = 2
+
+
+class InferQueue:
+    """One worker thread, a bounded number of requests in flight, per-request timeouts."""
+
+    def __init__(self, max_queue: int, timeout_s: float):
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medplib-infer")
+        self._depth = 0
+        self._lock = threading.Lock()
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    async def submit(self, fn, timeout_s: float | None = None):
+        with self._lock:
+            if self._depth >= self.max_queue:
+                raise HTTPException(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+                                    detail=f"server busy: {self._depth} inference requests queued; retry later")
+            self._depth += 1
+        future = asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        future.add_done_callback(lambda _: self._release())  # counts until the work really ends
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s or self.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+                                detail=f"inference timed out after {timeout_s or self.timeout_s:.0f} s") from None
+
+    def _release(self) -> None:
+        with self._lock:
+            self._depth -= 1
+
+
+QUEUE = InferQueue(MAX_QUEUE, TIMEOUT_S)
+
+# Take MONAI Label's blocking /infer router out of the app (FastAPI keeps included routers as entries that point
+# at the original router) and mount ours in its place.
+app.router.routes = [r for r in app.router.routes
+                     if getattr(r, "original_router", None) is not infer_endpoints.router
+                     and getattr(r, "path", None) != settings.MONAI_LABEL_API_STR + "/infer/{model}"]
+router = APIRouter(prefix=settings.MONAI_LABEL_API_STR + "/infer", tags=["Infer"])
+
+
+def _guarded(fn):
+    """Map failures of one request to HTTP answers; nothing escapes as a 500."""
+    def run():
+        try:
+            return fn()
+        except HTTPException:
+            raise
+        except MONAILabelException as exc:
+            status = 404 if "no model" in exc.msg.lower() else 422
+            raise HTTPException(status_code=status, detail=exc.msg) from None
+        except FileNotFoundError as exc:
+            raise HTTPException(status_code=404, detail=f"not found: {exc}") from None
+        except ValueError as exc:  # includes malformed params JSON
+            raise HTTPException(status_code=422, detail=f"params: {exc}") from None
+        except Exception as exc:  # includes torch.OutOfMemoryError: fail this request, keep serving
+            logger.exception("inference failed")
+            raise HTTPException(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+                                detail=f"inference failed: {type(exc).__name__}: {exc}") from None
+    return run
+
+
+@router.post("/{model}", summary=f"{RBAC_USER}Run Inference for supported model (non-blocking, bounded queue)")
+async def api_run_inference(
+    background_tasks: BackgroundTasks,
+    model: str,
+    image: str = "",
+    session_id: str = "",
+    params: str = Form("{}"),
+    file: UploadFile = File(None),
+    label: UploadFile = File(None),
+    output: Optional[ResultType] = None,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+):
+    return await QUEUE.submit(_guarded(lambda: run_inference(background_tasks, model, image, session_id, params,
+                                                             file, label, output)))
+
+
+app.include_router(router)
+
+
+@app.get("/medplib/queue", summary=f"{RBAC_USER}Inference queue depth and limits")
+async def queue_status():
+    return JSONResponse({"depth": QUEUE.depth, "max_queue": QUEUE.max_queue, "timeout_s": QUEUE.timeout_s})
