@@ -1,0 +1,197 @@
+"""Serving benchmarks (issue "performance"), every figure a ratio measured in this one run.
+
+    python bench/bench_serving.py [--model monailabel_app/model/small] [--studies sample_data/datastore]
+                                  [--device cpu|cuda] [--skip-server]
+
+P1a new question on a cached slice vs the first question on that slice (+ counters proving no re-encoding)
+P1b refinement click vs the first question
+P3  scope=volume (batched, forced template) vs the slice path called once per slice, same masks
+P4  /infer round trip vs the in-process call; /info latency while an infer runs
+P5  8 concurrent clients vs sequential requests (one model copy)
+P6  peak RSS of the server process
+On CUDA it also prints tokens/s and per-stage milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _median_time(fn, repeats: int = 3) -> float:
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def bench_predictor(model, tok, vol, window) -> None:
+    from medplib.predictor import MedPLIBPredictor
+    from medplib_label.geometry import PlaneMapper
+
+    mapper = PlaneMapper.create(vol.shape, vol.spacing, vol.direction, 2, vol.shape[2] // 2)
+    plane = mapper.extract(vol.array)
+    firsts, seconds, refines = [], [], []
+    for _ in range(3):
+        pred = MedPLIBPredictor(model, tok)
+        t0 = time.perf_counter()
+        pred.set_image(plane, window)
+        first = pred.ask("Please segment the brain.")
+        t1 = time.perf_counter()
+        before = dict(pred.counters)
+        pred.ask("Please segment the white matter.")
+        t2 = time.perf_counter()
+        delta = {k: pred.counters[k] - before[k] for k in before}
+        if first.seg_count:
+            t3 = time.perf_counter()
+            pred.refine(points=np.array([[plane.shape[0] // 2, plane.shape[1] // 2]]), point_labels=np.array([1]))
+            refines.append(time.perf_counter() - t3)
+        firsts.append(t1 - t0)
+        seconds.append(t2 - t1)
+    f, s = statistics.median(firsts), statistics.median(seconds)
+    print(f"P1a first question {f * 1e3:.0f} ms, new question on the cached slice {s * 1e3:.0f} ms "
+          f"-> {f / s:.1f}x (target >= 3); counters for the second question: {delta}")
+    if refines:
+        r = statistics.median(refines)
+        print(f"P1b refinement click {r * 1e3:.1f} ms -> {f / r:.0f}x faster than the first question (target >= 20)")
+    else:
+        print("P1b skipped: the model produced no mask for the first question")
+
+
+def bench_volume(engine, image_path, vol, window) -> None:
+    from medplib_label.geometry import PlaneMapper
+    from medplib_label.infers.volume_scope import ground_volume, has_tissue
+    from medplib.predictor import MedPLIBPredictor
+
+    axis = int(np.argmax(vol.shape))
+    question = "Please segment the brain."
+    t0 = time.perf_counter()
+    label, stats = ground_volume(engine, image_path, vol, axis, window, question, 0.1, None, False)
+    t_batched = time.perf_counter() - t0
+    model, tok = engine.get()
+    t0 = time.perf_counter()
+    per_slice = np.zeros(vol.shape, bool)
+    logit_thr = float(np.log(0.1 / 0.9))
+    for k in range(vol.shape[axis]):
+        mapper = PlaneMapper.create(vol.shape, vol.spacing, vol.direction, axis, k)
+        plane = mapper.extract(vol.array)
+        pred = MedPLIBPredictor(model, tok)
+        pred.set_image(plane, window)  # the slice path has no tissue test: every slice is a user request
+        ans = pred.ask(question)
+        for m in ans.mask_logits:
+            idx = [slice(None)] * 3
+            idx[axis] = k
+            per_slice[tuple(idx)] |= mapper.plane_to_slice(m, logits=True) > logit_thr
+    t_slices = time.perf_counter() - t0
+    same = float((per_slice == (label > 0)).mean())
+    print(f"P3 scope=volume on {vol.shape[axis]} slices: {t_batched:.1f} s batched vs {t_slices:.1f} s per-slice "
+          f"-> {t_slices / t_batched:.1f}x (target >= 4); voxel agreement {same:.5f}; {stats}")
+
+
+def bench_server(args, studies: str) -> None:
+    import httpx
+    import psutil
+
+    from tests.server_harness import start_server
+
+    conf = {"model": args.model, "device": args.device}
+    with start_server(str(ROOT / "monailabel_app"), studies, conf, env={"MEDPLIB_MAX_QUEUE": "32"},
+                      timeout=300) as srv:
+        url = srv.url
+        proc = psutil.Process(srv.pid)
+
+        def infer(params, image="mni152_t1"):
+            r = httpx.post(f"{url}/infer/medplib?image={image}&output=json",
+                           data={"params": json.dumps(params)}, timeout=600)
+            r.raise_for_status()
+            return r.json()
+
+        infer({"label": "brain", "slice": 90})  # load the model
+        same = {"question": "What modality is this image?", "slice": 90}
+        rt = _median_time(lambda: infer(same), 5)
+        inproc = statistics.median(infer(same)["latency_ms"]["total"] / 1e3 for _ in range(5))
+        print(f"P4 /infer round trip {rt * 1e3:.0f} ms vs in-process task {inproc * 1e3:.0f} ms "
+              f"-> {rt / inproc:.2f}x (target <= 1.2)")
+        done = threading.Event()
+        threading.Thread(target=lambda: (infer({"label": "brain", "scope": "volume", "axis": 0}), done.set())).start()
+        time.sleep(0.5)
+        lat = []
+        while not done.is_set() and len(lat) < 20:
+            t0 = time.perf_counter()
+            httpx.get(f"{url}/info/", timeout=60)
+            lat.append(time.perf_counter() - t0)
+            time.sleep(0.1)
+        done.wait()
+        if lat:
+            print(f"P4 /info while an infer runs: median {statistics.median(lat) * 1e3:.0f} ms, "
+                  f"max {max(lat) * 1e3:.0f} ms over {len(lat)} calls (target < 200 ms)")
+        requests = [{"label": "brain", "slice": 60 + 4 * i} for i in range(8)]
+        t0 = time.perf_counter()
+        for p in requests:
+            infer(p)
+        t_seq = time.perf_counter() - t0
+        requests = [{"label": "white matter", "slice": 61 + 4 * i} for i in range(8)]
+        threads = [threading.Thread(target=infer, args=(p,)) for p in requests]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        t_conc = time.perf_counter() - t0
+        print(f"P5 8 requests: sequential {t_seq:.1f} s, 8 concurrent clients {t_conc:.1f} s "
+              f"-> throughput {t_seq / t_conc:.2f}x (target >= 3)")
+        rss = proc.memory_info().rss
+        peak = _peak_rss_kb(srv.pid)
+        print(f"P6 server RSS now {rss / 2**30:.2f} GiB, peak {peak / 2**20:.2f} GiB (target <= 3 GB)")
+
+
+def _peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "monailabel_app" / "model" / "small"))
+    parser.add_argument("--studies", default=str(ROOT / "sample_data" / "datastore"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-server", action="store_true")
+    args = parser.parse_args()
+    from medplib_label.engine import EngineSettings, MedPLIBEngine
+    from medplib_label.infers.medplib_infer import auto_window
+
+    studies = tempfile.mkdtemp(prefix="bench_studies_")
+    studies = shutil.copytree(args.studies, os.path.join(studies, "datastore"))
+    engine = MedPLIBEngine(EngineSettings(model=args.model, device=args.device))
+    model, tok = engine.get()
+    print(f"model={engine.model_name()} device={engine.device} dtype={engine.dtype} threads={torch.get_num_threads()}")
+    image_path = os.path.join(studies, "mni152_t1.nii.gz")
+    vol = engine.volume(image_path)
+    window = auto_window(vol, "MR")
+    bench_predictor(model, tok, vol, window)
+    small = engine.volume(os.path.join(studies, "mni152_t1_lps_aniso.nii.gz"))
+    bench_volume(engine, os.path.join(studies, "mni152_t1_lps_aniso.nii.gz"), small, auto_window(small, "MR"))
+    if not args.skip_server:
+        bench_server(args, studies)
+
+
+if __name__ == "__main__":
+    main()
