@@ -24,6 +24,9 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+from monailabel.config import settings as ml_settings
+
+from medplib_label.datastore import SafeLocalDatastore
 from medplib_label.engine import EngineSettings, MedPLIBEngine
 from medplib_label.infers.medplib_infer import MedPLIBInfer
 from medplib_label.trainers.medplib_train import MedPLIBTrainTask
@@ -63,6 +66,13 @@ class MedPLIBApp(MONAILabelApp):
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="MedPLIB Label",
                          description="MedPLIB: pixel-level VQA, region prompts and text-to-mask grounding",
                          version="0.1.0", labels=self.label_map)
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return SafeLocalDatastore(self.studies, extensions=ml_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                  auto_reload=ml_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                  read_only=ml_settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
     def init_infers(self):
         return {

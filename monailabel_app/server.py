@@ -118,6 +118,22 @@ async def api_run_inference(
 
 app.include_router(router)
 
+ID_PARAMS = ("image", "id", "label", "tag", "session_id", "strategy")
+
+
+@app.middleware("http")
+async def refuse_unsafe_ids(request, call_next):
+    """Ids and tags in query strings become file names in the datastore: refuse traversal and injection."""
+    from .datastore import check_id
+
+    for name in ID_PARAMS:
+        if name in request.query_params:
+            try:
+                check_id(name, request.query_params[name])
+            except HTTPException as exc:
+                return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    return await call_next(request)
+
 
 @app.get("/medplib/queue", summary=f"{RBAC_USER}Inference queue depth and limits")
 async def queue_status():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +29,20 @@ class Volume:
         return tuple(self.array.shape)  # type: ignore[return-value]
 
 
+def _check_gzip(path: str) -> None:
+    """SimpleITK happily reads a truncated .gz (the rest of the volume silently zero): check the stream."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{os.path.basename(path)} is a truncated or corrupt gzip file ({exc})") from None
+
+
 def read_volume(path: str) -> Volume:
     """Read NIfTI / NRRD / DICOM (a file or a series folder); a 2D image becomes a one-slice volume."""
+    if path.endswith(".gz") and os.path.isfile(path):
+        _check_gzip(path)
     try:
         if os.path.isdir(path):
             reader = sitk.ImageSeriesReader()
