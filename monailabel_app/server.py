@@ -71,6 +71,35 @@ class InferQueue:
 
 QUEUE = InferQueue(MAX_QUEUE, TIMEOUT_S)
 
+
+def _from_token(token: str):
+    """MONAI Label 0.8.5's auth calls jwt.decode without `algorithms`, which PyJWT 2 rejects, so with auth enabled
+    every token was refused. Same claims logic, with the algorithms Keycloak signs with."""
+    import jwt
+
+    from monailabel.endpoints.user import auth
+
+    if not settings.MONAI_LABEL_AUTH_ENABLE:
+        return auth.DEFAULT_USER
+    key = auth.get_public_key(settings.MONAI_LABEL_AUTH_REALM_URI)
+    payload = jwt.decode(token, key, algorithms=["RS256", "RS384", "RS512", "ES256", "PS256"],
+                         options={"verify_signature": True, "verify_aud": False, "verify_exp": True})
+    roles = payload
+    for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):
+        roles = roles.get(part) if isinstance(roles, dict) else None
+    return auth.User(username=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_USERNAME),
+                     email=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_EMAIL),
+                     name=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_NAME), roles=list(roles or []))
+
+
+def _patch_auth() -> None:
+    from monailabel.endpoints.user import auth
+
+    auth.from_token = _from_token  # get_current_user looks the name up at call time
+
+
+_patch_auth()
+
 # Take MONAI Label's blocking /infer router out of the app (FastAPI keeps included routers as entries that point
 # at the original router) and mount ours in its place.
 app.router.routes = [r for r in app.router.routes
@@ -119,6 +148,23 @@ async def api_run_inference(
 app.include_router(router)
 
 ID_PARAMS = ("image", "id", "label", "tag", "session_id", "strategy")
+
+
+# MONAI Label's own endpoints let bad input escape as 500s; answer it as what it is.
+@app.exception_handler(MONAILabelException)
+async def _monailabel_error(request, exc: MONAILabelException):
+    status = 404 if "not found" in exc.msg.lower() or "no model" in exc.msg.lower() else 422
+    return JSONResponse({"detail": exc.msg}, status_code=status)
+
+
+@app.exception_handler(FileNotFoundError)
+async def _not_found(request, exc: FileNotFoundError):
+    return JSONResponse({"detail": f"not found: {exc}"}, status_code=404)
+
+
+@app.exception_handler(ValueError)  # includes json.JSONDecodeError from malformed `params`/`info` forms
+async def _bad_value(request, exc: ValueError):
+    return JSONResponse({"detail": f"invalid input: {exc}"}, status_code=422)
 
 
 @app.middleware("http")

@@ -227,7 +227,7 @@ def _start_once(app_dir, studies, conf: dict[str, str], env: dict | None, deadli
                 raise ServerStartError(f"MONAI Label server exited with code {proc.returncode} before answering "
                                        f"/info/ ({' '.join(cmd)}); log tail:\n{handle.log_tail()}")
             status = _get_status(url + "/info/")
-            if status == 200:
+            if status in (200, 401):  # 401: up, with auth enabled
                 ok = True
                 return handle
             if time.monotonic() > deadline:
