@@ -40,6 +40,8 @@ def choose_slice(p: InferParams, shape: tuple[int, int, int]) -> int:
         k = p.slice
     elif p.foreground:
         k = int(round(p.foreground[0][axis]))
+        if not 0 <= k < shape[axis]:
+            raise bad_request("foreground[0]", f"{p.foreground[0]} is outside the image of shape {list(shape)}")
     elif p.roi is not None:
         k = int(round((p.roi[2 * axis] + p.roi[2 * axis + 1]) / 2))
     elif p.scribble:

@@ -24,6 +24,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+from fastapi import HTTPException
 from monailabel.config import settings as ml_settings
 
 from medplib_label.datastore import SafeLocalDatastore
@@ -109,8 +110,8 @@ class MedPLIBApp(MONAILabelApp):
         # The task only sees the resolved path; pass the datastore metadata (modality, ...) along with it.
         image_id = request.get("image")
         if isinstance(image_id, str) and not os.path.exists(image_id):
-            try:
-                request = {**request, "image_info": self.datastore().get_image_info(image_id)}
-            except Exception:  # unknown id: MONAILabelApp.infer reports it below
-                pass
+            store = datastore or self.datastore()
+            if image_id not in store.list_images():
+                raise HTTPException(status_code=404, detail=f"image: {image_id[:80]!r} is not in the datastore")
+            request = {**request, "image_info": store.get_image_info(image_id)}
         return super().infer(request, datastore)

@@ -88,5 +88,9 @@ def test_unknown_model_image_and_bad_json_are_4xx(sample_datastore, fitted_tiny_
     with monailabel_client(sample_datastore, {"model": str(fitted_tiny_dir)}) as (client, _):
         r = client.post("/infer/nosuchmodel?image=mni152_t1", data={"params": "{}"})
         assert r.status_code == 404 and "nosuchmodel" in r.json()["detail"]
+        r = client.post("/infer/medplib?image=no_such_scan", data={"params": "{}"})
+        assert r.status_code == 404 and "no_such_scan" in r.json()["detail"]
+        r = client.post("/infer/medplib?image=mni152_t1", data={"params": json.dumps({"foreground": [[1, 2, 900]]})})
+        assert r.status_code == 422 and r.json()["detail"].startswith("foreground[0]")
         r = client.post("/infer/medplib?image=mni152_t1", data={"params": "{not json"})
         assert r.status_code == 422 and "params" in r.json()["detail"]

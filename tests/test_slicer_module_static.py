@@ -1,0 +1,395 @@
+"""Static checks of the 3D Slicer module `slicer_extension/MedPLIBLabel` that run without Slicer.
+
+3D Slicer cannot be installed in this environment (no Slicer binary, no display), so nothing here imports
+`MedPLIBLabel.py` or creates its widget. These tests only catch what can be checked from the outside:
+
+* the module parses with Python 3.9 syntax (Slicer <= 5.8 ships 3.9), declares the four scripted-module classes,
+  and its help text carries the "not for clinical use" disclaimer;
+* the Qt Designer file is well-formed XML, and every `self.ui.<name>` the widget code uses is a widget there;
+* every signal handler the widget connects, and every `self.<method>()` it calls, is defined;
+* names the module imports from `MedPLIBLabelLib` exist, keyword arguments passed to Lib functions and clients
+  match their signatures, and the result/info attributes it reads exist (the pure-Python Lib *is* imported);
+* the module imports nothing heavy at module level (only the stdlib, numpy, slicer/qt/ctk/vtk and the Lib);
+* both CMakeLists.txt list every Lib file and resource that exists, and only those;
+* the icon is a valid 128x128 PNG;
+* the README explains the install and how to run the self-test headless.
+
+The GUI itself (Qt widgets, markups placement, segments, Ctrl+Z) is exercised only by the in-Slicer self-test
+`MedPLIBLabelTest` (see slicer_extension/README.md), which needs a Slicer installation and a running server.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import struct
+import sys
+import xml.etree.ElementTree as ET
+import zlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXT = ROOT / "slicer_extension"
+MOD_DIR = EXT / "MedPLIBLabel"
+MODULE = MOD_DIR / "MedPLIBLabel.py"
+LIB = MOD_DIR / "MedPLIBLabelLib"
+UI = MOD_DIR / "Resources" / "UI" / "MedPLIBLabel.ui"
+ICON = MOD_DIR / "Resources" / "Icons" / "MedPLIBLabel.png"
+README = EXT / "README.md"
+
+SLICER_MODULES = {"slicer", "qt", "ctk", "vtk"}
+LIGHT_THIRD_PARTY = {"numpy"}  # ships with Slicer; the Lib needs it anyway
+HEAVY = {"torch", "SimpleITK", "sitkUtils", "monai", "monailabel", "skimage", "scipy", "PIL", "requests",
+         "nibabel", "pandas", "matplotlib", "cv2", "transformers", "medplib", "medplib_label"}
+# Extra `/infer` params build_infer_params passes through (infers/request.py); any other keyword is a typo.
+SERVER_EXTRA_PARAMS = {"max_new_tokens", "threshold", "largest_cc", "result_extension", "refine"}
+# Methods that widget/logic/test classes inherit from Slicer's base classes (not defined in MedPLIBLabel.py).
+INHERITED = {"resourcePath", "addObserver", "removeObserver", "removeObservers", "hasObserver", "observer",
+             "getParameterNode", "delayDisplay", "takeScreenshot", "fail", "setUp", "tearDown",
+             "assertEqual", "assertTrue", "assertFalse", "assertIn", "assertGreater", "assertIsNotNone",
+             "assertIsNone", "assertRaises", "assertAlmostEqual", "assertLess"}
+
+
+@pytest.fixture(scope="module")
+def tree() -> ast.Module:
+    return ast.parse(MODULE.read_text(encoding="utf-8"), filename=str(MODULE))
+
+
+@pytest.fixture(scope="module")
+def classes(tree) -> dict[str, ast.ClassDef]:
+    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+@pytest.fixture(scope="module")
+def lib():
+    sys.path.insert(0, str(MOD_DIR))
+    try:
+        import MedPLIBLabelLib  # noqa: F401  (pure Python: stdlib + numpy)
+        import MedPLIBLabelLib.client
+        import MedPLIBLabelLib.codec
+        yield MedPLIBLabelLib
+    finally:
+        sys.path.remove(str(MOD_DIR))
+
+
+def _ui_widgets() -> dict[str, str]:
+    root = ET.parse(UI).getroot()
+    return {w.get("name"): w.get("class") for w in root.iter("widget")}
+
+
+def _self_ui_names(tree: ast.AST) -> set[str]:
+    """`X` of every `self.ui.X` in the module."""
+    names = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"):
+            names.add(node.attr)
+    return names
+
+
+def _methods(cls: ast.ClassDef) -> set[str]:
+    return {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def _module_functions(tree: ast.Module) -> set[str]:
+    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
+def _lib_imports(tree: ast.Module) -> dict[str, str]:
+    """{local name: module} of `from MedPLIBLabelLib[.x] import ...` at module level."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "MedPLIBLabelLib":
+            for alias in node.names:
+                out[alias.asname or alias.name] = node.module
+    return out
+
+
+def _cmake_list(text: str, var: str) -> list[str]:
+    m = re.search(r"set\(\s*" + var + r"\s+(.*?)\)", text, re.S)
+    assert m, f"{var} not set"
+    items = [line.split("#")[0].strip() for line in m.group(1).splitlines()]
+    return [i.replace("${MODULE_NAME}", "MedPLIBLabel") for i in items if i]
+
+
+# ---------------------------------------------------------------------------------------------------- module
+def test_module_and_lib_parse_as_python39():
+    for path in [MODULE, *sorted(LIB.glob("*.py"))]:
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+
+
+def test_scripted_module_classes(classes):
+    expected = {"MedPLIBLabel": "ScriptedLoadableModule", "MedPLIBLabelWidget": "ScriptedLoadableModuleWidget",
+                "MedPLIBLabelLogic": "ScriptedLoadableModuleLogic", "MedPLIBLabelTest": "ScriptedLoadableModuleTest"}
+    for name, base in expected.items():
+        assert name in classes, f"class {name} missing"
+        bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in classes[name].bases]
+        assert base in bases, f"{name} must derive from {base}, has {bases}"
+    assert "VTKObservationMixin" in [getattr(b, "id", "") for b in classes["MedPLIBLabelWidget"].bases]
+    widget = _methods(classes["MedPLIBLabelWidget"])
+    assert {"setup", "cleanup", "enter", "exit"} <= widget
+    test = _methods(classes["MedPLIBLabelTest"])
+    assert {"setUp", "runTest"} <= test and any(m.startswith("test_") for m in test)
+
+
+def test_module_metadata_and_disclaimer(classes, tree):
+    init = next(n for n in classes["MedPLIBLabel"].body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    assigned = {t.attr for n in ast.walk(init) if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Attribute)}
+    assert {"title", "categories", "contributors", "helpText", "acknowledgementText"} <= assigned
+    source = MODULE.read_text(encoding="utf-8")
+    assert '["Segmentation"]' in source
+    assert re.search(r"not for clinical use", source, re.I), "helpText/UI must say 'not for clinical use'"
+    assert re.search(r"not for clinical use", UI.read_text(encoding="utf-8"), re.I)
+
+
+def test_self_test_uses_env_url_sample_data_and_undo(classes):
+    src = ast.get_source_segment(MODULE.read_text(encoding="utf-8"), classes["MedPLIBLabelTest"])
+    for needle in ("MEDPLIB_LABEL_URL", "MRHead", "addVolumeFromArray", '"Red"', "undoLast", "read_slice"):
+        assert needle in src, f"self-test should use {needle}"
+
+
+# ---------------------------------------------------------------------------------------------------- UI
+def test_ui_is_well_formed_and_unique():
+    root = ET.parse(UI).getroot()
+    assert root.tag == "ui"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "MedPLIBLabel"
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate objectName in the .ui"
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    qt_builtin = {c for c in used if c.startswith("Q")}
+    assert used - qt_builtin <= declared, f"undeclared custom widgets: {used - qt_builtin - declared}"
+    for conn in root.iter("connection"):
+        assert conn.findtext("sender") in names and conn.findtext("receiver") in names
+
+
+def test_widget_code_uses_only_widgets_in_the_ui(tree):
+    widgets = _ui_widgets()
+    used = _self_ui_names(tree)
+    assert used, "the widget looks nothing up in self.ui"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"self.ui names not in MedPLIBLabel.ui: {missing}"
+    # The controls the issue asks for are there.
+    for name in ("serverComboBox", "tokenLineEdit", "testConnectionButton", "modelComboBox", "strategyComboBox",
+                 "nextSampleButton", "uploadVolumeButton", "positivePointsPlaceWidget", "negativePointsPlaceWidget",
+                 "boxPlaceWidget", "scribblePlaceWidget", "lassoPlaceWidget", "questionLineEdit", "askButton",
+                 "segmentVolumeButton", "undoButton", "cancelButton", "chatBrowser", "submitLabelButton",
+                 "trainButton", "trainingStatusLabel"):
+        assert name in used, f"{name} is not used by the widget"
+    assert widgets["positivePointsPlaceWidget"] == "qSlicerMarkupsPlaceWidget"
+    assert widgets["inputVolumeSelector"] == "qMRMLNodeComboBox"
+    assert "UI/MedPLIBLabel.ui" in MODULE.read_text(encoding="utf-8")
+
+
+def test_connected_handlers_and_self_calls_exist(tree, classes):
+    defined = _module_functions(tree)
+    for cls_name in ("MedPLIBLabelWidget", "MedPLIBLabelLogic", "MedPLIBLabelTest"):
+        cls = classes[cls_name]
+        methods = _methods(cls) | INHERITED
+        for node in ast.walk(cls):
+            # self.method(...) calls
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "self"):
+                name = node.func.attr
+                if name not in ("logic", "ui", "client", "runner", "statusRunner", "history", "undoStack"):
+                    assert name in methods, f"{cls_name}: self.{name}() is not defined"
+            # x.connect("signal", self.handler) and addObserver(..., self.handler)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("connect", "addObserver", "removeObserver"):
+                handler = node.args[-1] if node.func.attr == "connect" else (
+                    node.args[2] if len(node.args) > 2 else None)
+                if isinstance(handler, ast.Attribute) and isinstance(handler.value, ast.Name) \
+                        and handler.value.id == "self":
+                    assert handler.attr in methods, f"{cls_name}: handler self.{handler.attr} is not defined"
+        # module-level worker functions referenced by name
+        for node in ast.walk(cls):
+            if isinstance(node, ast.Name) and node.id[:1].islower() and node.id in {
+                    "fetchSample", "uploadFile", "submitLabel", "removeNodeWithHelpers", "trainingStatusText"}:
+                assert node.id in defined
+
+
+# ---------------------------------------------------------------------------------------------------- Lib API
+def test_lib_names_imported_by_the_module_exist(tree, lib):
+    import importlib
+
+    imports = _lib_imports(tree)
+    assert imports, "the module should use MedPLIBLabelLib"
+    for name, module in imports.items():
+        mod = importlib.import_module(module)
+        assert hasattr(mod, name), f"{module} has no {name}"
+
+
+def test_keyword_arguments_match_lib_signatures(tree, lib):
+    import importlib
+
+    imports = _lib_imports(tree)
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in imports):
+            continue
+        obj = getattr(importlib.import_module(imports[node.func.id]), node.func.id)
+        if not callable(obj) or isinstance(obj, type) and issubclass(obj, BaseException):
+            continue
+        sig = inspect.signature(obj)
+        kwargs = {k.arg: None for k in node.keywords if k.arg}
+        if node.func.id == "build_infer_params":
+            # build_infer_params(**extra) forwards unknown keywords to the server: a typo would be sent silently.
+            named = {n for n, p in sig.parameters.items() if p.kind is not p.VAR_KEYWORD}
+            stray = set(kwargs) - named - SERVER_EXTRA_PARAMS
+            assert not stray, f"line {node.lineno}: {node.func.id} gets unknown keywords {sorted(stray)}"
+        args = [None] * sum(1 for a in node.args if not isinstance(a, ast.Starred))
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            pytest.fail(f"line {node.lineno}: {node.func.id}{sig} cannot take {len(args)} args + {sorted(kwargs)}: "
+                        f"{exc}")
+
+
+def test_client_methods_and_result_fields_used_exist(tree, lib):
+    from MedPLIBLabelLib import InferResult, MedPLIBClient, ServerInfo
+    from MedPLIBLabelLib.history import ChatHistory, UndoEntry, UndoStack
+    from MedPLIBLabelLib.jobs import BackgroundJob, JobRunner
+
+    client = MedPLIBClient("http://127.0.0.1:9")  # never contacted
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and (
+                (isinstance(node.value, ast.Name) and node.value.id == "client")
+                or (isinstance(node.value, ast.Attribute) and node.value.attr == "client")):
+            used.add(node.attr)
+    assert used, "no client calls found"
+    for name in used:
+        assert hasattr(client, name), f"MedPLIBClient has no {name}"
+    # Passing timeout= to client.infer through the job runner.
+    assert "timeout" in inspect.signature(MedPLIBClient.infer).parameters
+    for name in ("upload_image", "download_image", "next_sample", "save_label", "train", "train_status",
+                 "stop_training", "test_connection"):
+        assert hasattr(client, name)
+    fields = set(InferResult.__dataclass_fields__)
+    for name in ("answer", "label_path", "label_names", "task", "latency_ms"):
+        assert name in fields
+    # Every attribute read from an answer (`result.x`), the server info (`self.serverInfo.x`) and an undo entry
+    # (`entry.x`) exists in the Lib's classes.
+    info_attrs = set(ServerInfo.__dataclass_fields__) | {n for n in dir(ServerInfo) if not n.startswith("_")}
+    entry_attrs = set(UndoEntry.__dataclass_fields__) | {"nbytes"}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id == "result":
+            assert node.attr in fields, f"line {node.lineno}: InferResult has no {node.attr}"
+        if isinstance(node.value, ast.Attribute) and node.value.attr == "serverInfo":
+            assert node.attr in info_attrs, f"line {node.lineno}: ServerInfo has no {node.attr}"
+        if isinstance(node.value, ast.Name) and node.value.id == "entry":
+            assert node.attr in entry_attrs, f"line {node.lineno}: UndoEntry has no {node.attr}"
+    info_fields = set(ServerInfo.__dataclass_fields__) | {"summary"}
+    for name in ("models", "labels", "strategies", "trainers", "medplib"):
+        assert name in info_fields
+    for obj, names in ((JobRunner(), ("submit", "poll", "cancel", "busy", "show_progress", "status_text")),
+                       (UndoStack(), ("push", "pop_group", "clear")),
+                       (ChatHistory(), ("record", "to_html", "clear"))):
+        for name in names:
+            assert hasattr(obj, name), f"{type(obj).__name__} has no {name}"
+    for name in ("done", "result", "cancel", "name"):
+        assert hasattr(BackgroundJob, name) or name == "name"
+    assert {"segment_id", "axis", "index", "previous", "group", "created"} <= set(UndoEntry.__dataclass_fields__)
+    assert "on_done" in inspect.signature(JobRunner.submit).parameters
+    assert "created" in inspect.signature(UndoStack.push).parameters
+
+
+# ---------------------------------------------------------------------------------------------------- imports
+def _top_level_imports(tree: ast.Module) -> list[tuple[str, int]]:
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out += [(a.name.split(".")[0], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            out.append(((node.module or "").split(".")[0], node.lineno))
+    return out
+
+
+def test_module_imports_nothing_heavy_at_top_level(tree):
+    allowed = set(sys.stdlib_module_names) | SLICER_MODULES | LIGHT_THIRD_PARTY | {"MedPLIBLabelLib", "__future__"}
+    for name, line in _top_level_imports(tree):
+        assert name not in HEAVY, f"line {line}: heavy import {name} at module level"
+        assert name in allowed, f"line {line}: unexpected module-level import {name}"
+
+
+def test_lib_imports_no_slicer_or_heavy_modules():
+    allowed = set(sys.stdlib_module_names) | LIGHT_THIRD_PARTY | {"__future__"}
+    for path in sorted(LIB.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [(node.module or "").split(".")[0]]
+            for name in names:
+                assert name in allowed, f"{path.name}:{node.lineno} imports {name}"
+
+
+# ---------------------------------------------------------------------------------------------------- CMake
+def test_module_cmake_lists_every_lib_file_and_resource():
+    text = (MOD_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    scripts = _cmake_list(text, "MODULE_PYTHON_SCRIPTS")
+    resources = _cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    on_disk_py = {"MedPLIBLabel.py"} | {f"MedPLIBLabelLib/{p.name}" for p in LIB.glob("*.py")}
+    assert set(scripts) == on_disk_py, (f"missing from CMake: {sorted(on_disk_py - set(scripts))}; "
+                                        f"listed but absent: {sorted(set(scripts) - on_disk_py)}")
+    on_disk_res = {p.relative_to(MOD_DIR).as_posix() for p in (MOD_DIR / "Resources").rglob("*") if p.is_file()}
+    assert set(resources) == on_disk_res, (f"missing from CMake: {sorted(on_disk_res - set(resources))}; "
+                                           f"listed but absent: {sorted(set(resources) - on_disk_res)}")
+    assert "slicerMacroBuildScriptedModule" in text and "NAME ${MODULE_NAME}" in text
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest" in text
+
+
+def test_extension_cmake():
+    text = (EXT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert re.search(r"project\(MedPLIBLabel\)", text)
+    assert re.search(r"set\(EXTENSION_NAME MedPLIBLabel\)", text)
+    for var in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL"):
+        assert re.search(r"set\(" + var + r' "[^"]+"\)', text), f"{var} missing"
+    assert 'set(EXTENSION_CATEGORY "Segmentation")' in text
+    assert 'set(EXTENSION_DEPENDS "NA")' in text
+    assert re.search(r'EXTENSION_ICONURL "https://\S+\.png"', text)
+    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(MedPLIBLabel)",
+                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert line in text, f"{line} missing"
+
+
+# ---------------------------------------------------------------------------------------------------- icon
+def test_icon_is_a_valid_128px_png():
+    data = ICON.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks, idat = 8, [], b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        ctype = data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert zlib.crc32(ctype + body) & 0xFFFFFFFF == crc, f"bad CRC in {ctype!r}"
+        chunks.append(ctype)
+        if ctype == b"IDAT":
+            idat += body
+        pos += 12 + length
+    assert chunks[0] == b"IHDR" and chunks[-1] == b"IEND" and b"IDAT" in chunks
+    width, height, depth, color_type = struct.unpack(">IIBB", data[16:26])
+    assert (width, height) == (128, 128) and depth == 8
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color_type]
+    raw = zlib.decompress(idat)
+    assert len(raw) == height * (1 + width * channels)  # one filter byte per row
+
+
+# ---------------------------------------------------------------------------------------------------- README
+def test_readme_install_server_walkthrough_and_headless_self_test():
+    text = README.read_text(encoding="utf-8")
+    for needle in ("Additional module paths", "slicer_extension/MedPLIBLabel", "Slicer_DIR", "make serve",
+                   "0.0.0.0", "127.0.0.1", "Next sample", "Segment whole volume", "Ctrl+Z", "Submit label",
+                   "Train", "MEDPLIB_LABEL_URL", "--no-main-window", "--testing", "--python-code",
+                   "--additional-module-paths", "--exit-after-startup", "--python-script",
+                   "slicer.testing.runUnitTest", "MedPLIBLabelTest().runTest()", "Troubleshooting",
+                   "not for clinical use"):
+        assert needle.lower() in text.lower(), f"README should mention {needle!r}"
