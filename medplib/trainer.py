@@ -282,7 +282,7 @@ def _mask_step(model, items: list[tuple], w: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def validate(model: MedPLIBForCausalLM, tokenizer, examples: list[Example]) -> dict:
-    """Generation-based validation: grounding Dice and closed-answer accuracy; score = their mean."""
+    """Generation-based validation: grounding Dice and closed-answer accuracy; `score` ranks checkpoints."""
     pred = MedPLIBPredictor(model, tokenizer)
     dices, hits = [], []
     last_key = None
@@ -298,6 +298,6 @@ def validate(model: MedPLIBForCausalLM, tokenizer, examples: list[Example]) -> d
             hits.append(float(ans.text.strip().lower().rstrip(".") == ex.answer.strip().lower()))
     mean_dice = float(np.mean(dices)) if dices else 0.0
     acc = float(np.mean(hits)) if hits else 0.0
-    parts = [v for v, xs in ((mean_dice, dices), (acc, hits)) if xs]
+    # Checkpoints are ranked by validation Dice; runs without grounding data fall back to accuracy.
     return {"val_dice": mean_dice, "val_accuracy": acc, "val_n": len(dices) + len(hits),
-            "score": float(np.mean(parts)) if parts else 0.0}
+            "score": mean_dice if dices else acc}
