@@ -62,6 +62,9 @@ def bench_predictor(model, tok) -> None:
     print(f"first ask incl. set_image {1e3 * (t1 - t0):.0f} ms, second ask {1e3 * (t2 - t1):.0f} ms "
           f"-> ratio second/first {(t2 - t1) / (t1 - t0):.3f}")
     print("  first stages (ms):", {k: round(v, 1) for k, v in first.timings_ms.items()})
+    decode_s = second.timings_ms["decode"] / 1e3
+    print(f"  decode: {len(second.token_ids)} tokens in {decode_s * 1e3:.0f} ms -> "
+          f"{len(second.token_ids) / max(decode_s, 1e-9):.1f} tokens/s")
     print("  second stages (ms):", {k: round(v, 1) for k, v in second.timings_ms.items()})
 
 
