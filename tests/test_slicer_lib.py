@@ -68,7 +68,8 @@ spec = importlib.util.spec_from_file_location("MedPLIBLabelLib", {str(pkg / "__i
 mod = importlib.util.module_from_spec(spec)
 sys.modules["MedPLIBLabelLib"] = mod
 spec.loader.exec_module(mod)
-from MedPLIBLabelLib import client, codec, errors, geometry, history, jobs, protocol
+from MedPLIBLabelLib import (client, codec, errors, geometry, history, jobs, labels, prompts, protocol, results,
+                             tasks, ui_state)
 assert client.__file__.startswith({str(pkg)!r})
 leaked = sorted(m for m, v in sys.modules.items() if m.split(".")[0] in BLOCKED and v is not None)
 assert not leaked, leaked

@@ -1,16 +1,24 @@
 """MedPLIBLabelLib: pure-Python helpers for the MedPLIB Label Slicer module.
 
 Imports only the standard library and numpy (never slicer, qt, ctk, vtk), so it runs and is tested outside
-Slicer. Public API (names kept stable for ``MedPLIBLabel.py``):
+Slicer. Public API (names kept stable for ``MedPLIBLabel.py`` and the ``MedPLIBLabelSlicer`` package):
 
 * errors:   ClientError (``.user_message``), ConnectionRefused, BadURL, Unauthorized, NotFound, BadRequest
             (``.field``), ServerError, Timeout, VersionMismatch
-* client:   MedPLIBClient, ServerInfo, ModelInfo, InferResult, normalize_url
+* client:   MedPLIBClient, normalize_url
+* results:  ServerInfo (``status_line``), ModelInfo, InferResult (``has_masks``)
 * geometry: ObliqueSliceError, SliceOutsideVolumeError, ijk_to_ras, ras_to_ijk, slice_axis_from_normal,
             slice_index, slice_spacing, point_on_view, points_to_ijk, roi_to_ijk, roi_corners_world,
             scribble_to_ijk, standard_slice_to_ras, world_matrix
-* protocol: PointPrompt, BoxPrompt, ScribblePrompt, PromptError, build_infer_params, slice_replacement,
-            read_slice, write_slice, masks_from_label, label_outside_slice, numpy_axis, ijk_dims
+* protocol: PointPrompt, BoxPrompt (``from_roi``), ScribblePrompt, PromptError, build_infer_params,
+            slice_replacement, read_slice, write_slice, masks_from_label, label_outside_slice, numpy_axis, ijk_dims
+* prompts:  VIEW_NAMES, collect_prompts, prompt_points, choose_view, view_order, roi_is_defined, stroke_prompt,
+            prompt_counts, prompt_summary
+* labels:   SEGMENT_COLORS, segment_color, label_values, segments_to_label
+* ui_state: DEFAULT_URL, CLIENT_TIMEOUT_S, SLICE_TIMEOUT_S, VOLUME_TIMEOUT_S, safe_image_id, new_image_id,
+            is_safe_id, training_status_text, training_running, user_message, button_states, image_id_text,
+            url_choices, url_history_after_connect, sort_model_names, pick_trainer, shown_question, reload_order
+* tasks:    fetch_sample, upload_file, submit_label, remove_file (worker-thread functions)
 * jobs:     BackgroundJob, JobRunner, JobCancelled, Busy
 * history:  ChatTurn, ChatHistory, UndoEntry, UndoStack
 
@@ -32,7 +40,8 @@ __version__ = "0.1.0"
 
 from .errors import (BadRequest, BadURL, ClientError, ConnectionRefused, NotFound, ServerError,  # noqa: F401
                      Timeout, Unauthorized, VersionMismatch)
-from .client import InferResult, MedPLIBClient, ModelInfo, ServerInfo, normalize_url  # noqa: F401
+from .results import InferResult, ModelInfo, ServerInfo  # noqa: F401
+from .client import MedPLIBClient, normalize_url  # noqa: F401
 from .geometry import (ObliqueSliceError, SliceOutsideVolumeError, ijk_to_ras, point_on_view,  # noqa: F401
                        points_to_ijk, ras_to_ijk, roi_corners_world, roi_to_ijk, scribble_to_ijk,
                        slice_axis_from_normal, slice_index, slice_spacing, standard_slice_to_ras, world_matrix)
@@ -41,6 +50,14 @@ from .protocol import (BoxPrompt, PointPrompt, PromptError, ScribblePrompt, buil
                        write_slice)
 from .jobs import BackgroundJob, Busy, JobCancelled, JobRunner  # noqa: F401
 from .history import ChatHistory, ChatTurn, UndoEntry, UndoStack  # noqa: F401
+from .prompts import (VIEW_NAMES, choose_view, collect_prompts, prompt_counts, prompt_points,  # noqa: F401
+                      prompt_summary, roi_is_defined, stroke_prompt, view_order)
+from .labels import SEGMENT_COLORS, label_values, segment_color, segments_to_label  # noqa: F401
+from .ui_state import (CLIENT_TIMEOUT_S, DEFAULT_URL, SLICE_TIMEOUT_S, VOLUME_TIMEOUT_S,  # noqa: F401
+                       button_states, image_id_text, is_safe_id, new_image_id, pick_trainer,
+                       reload_order, safe_image_id, shown_question, sort_model_names, training_running,
+                       training_status_text, url_choices, url_history_after_connect, user_message)
+from .tasks import fetch_sample, remove_file, submit_label, upload_file  # noqa: F401
 
 __all__ = [name for name, value in list(globals().items())
            if not name.startswith("_") and not isinstance(value, type(errors))]

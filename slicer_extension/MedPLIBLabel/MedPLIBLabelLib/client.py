@@ -14,12 +14,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 from .codec import FilePart, decode_multipart, encode_multipart, file_extension
 from .errors import (BadURL, ClientError, ConnectionRefused, NotFound, ServerError, Timeout, VersionMismatch,
                      error_from_http)
+from .results import InferResult, ModelInfo, ServerInfo
 
 __all__ = ["MedPLIBClient", "ServerInfo", "ModelInfo", "InferResult", "normalize_url", "SUPPORTED_SERVER"]
 
@@ -56,98 +56,6 @@ def _version_tuple(version: str) -> tuple[int, ...]:
             break
         out.append(int(digits))
     return tuple(out)
-
-
-@dataclass
-class ModelInfo:
-    """One `/info` model: ``type`` (deepgrow, segmentation ...), ``dimension`` (2 slice-wise, 3 volume)."""
-
-    name: str
-    type: str = ""
-    dimension: int = 0
-    description: str = ""
-    labels: Any = None
-    config: dict = field(default_factory=dict)
-    model: str = ""  # the checkpoint the server serves
-
-    @classmethod
-    def from_info(cls, name: str, d: Mapping[str, Any]) -> "ModelInfo":
-        return cls(name=name, type=str(d.get("type", "")), dimension=int(d.get("dimension") or 0),
-                   description=str(d.get("description", "")), labels=d.get("labels"),
-                   config=dict(d.get("config") or {}), model=str(d.get("model", "")))
-
-
-@dataclass
-class ServerInfo:
-    """The parsed `/info/` of a MedPLIB Label server."""
-
-    url: str
-    name: str
-    version: str
-    description: str
-    labels: dict[str, int]
-    models: dict[str, ModelInfo]
-    trainers: list[str]
-    strategies: list[str]
-    medplib: dict  # config.medplib: model, device, dtype, threshold ...
-    datastore: dict
-    raw: dict
-
-    @classmethod
-    def from_info(cls, url: str, info: Mapping[str, Any]) -> "ServerInfo":
-        labels = info.get("labels") or {}
-        if isinstance(labels, (list, tuple)):
-            labels = {str(n): i + 1 for i, n in enumerate(labels)}
-        return cls(url=url, name=str(info.get("name", "")), version=str(info.get("version", "")),
-                   description=str(info.get("description", "")), labels=dict(labels),
-                   models={k: ModelInfo.from_info(k, v or {}) for k, v in (info.get("models") or {}).items()},
-                   trainers=list(info.get("trainers") or {}), strategies=list(info.get("strategies") or {}),
-                   medplib=dict((info.get("config") or {}).get("medplib") or {}),
-                   datastore=dict(info.get("datastore") or {}), raw=dict(info))
-
-    @property
-    def is_medplib(self) -> bool:
-        return "medplib" in self.name.lower() or bool(self.medplib)
-
-    def summary(self) -> str:
-        """Short text for a status label, e.g. "MedPLIB Label 0.1.0: medplib (deepgrow, 2D), ..."."""
-        models = ", ".join(f"{m.name} ({m.type}, {m.dimension}D)" for m in self.models.values()) or "no models"
-        return f"{self.name} {self.version}: {models}"
-
-
-@dataclass
-class InferResult:
-    """An `/infer` answer. ``label_path``: the returned label volume (image geometry) or None (text only).
-    ``latency_ms``: the server's total; ``timings``: its per-stage dict; ``round_trip_ms``: measured here."""
-
-    params: dict
-    answer: str = ""
-    label_path: Optional[str] = None
-    label_names: dict[str, int] = field(default_factory=dict)
-    seg_count: int = 0
-    slice: Optional[int] = None
-    axis: Optional[int] = None
-    latency_ms: Optional[float] = None
-    task: str = ""
-    question: Optional[str] = None
-    view: str = ""
-    scope: str = "slice"
-    model: str = ""
-    timings: dict = field(default_factory=dict)
-    round_trip_ms: float = 0.0
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], label_path: Optional[str], round_trip_ms: float = 0.0):
-        p = dict(params or {})
-        lat = p.get("latency_ms")
-        timings = dict(lat) if isinstance(lat, Mapping) else {}
-        total = timings.get("total") if timings else (lat if isinstance(lat, (int, float)) else None)
-        return cls(params=p, answer=str(p.get("answer") or ""), label_path=label_path,
-                   label_names={str(k): int(v) for k, v in (p.get("label_names") or {}).items()},
-                   seg_count=int(p.get("seg_count") or 0), slice=p.get("slice"), axis=p.get("axis"),
-                   latency_ms=None if total is None else float(total), task=str(p.get("task") or ""),
-                   question=p.get("question"), view=str(p.get("view") or ""), scope=str(p.get("scope") or "slice"),
-                   model=str(p.get("model") or ""), timings=timings, round_trip_ms=round_trip_ms)
 
 
 class MedPLIBClient:

@@ -17,8 +17,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .geometry import (point_on_view, points_to_ijk, roi_to_ijk, scribble_to_ijk, slice_axis_from_normal,
-                       slice_index, slice_spacing)
+from .geometry import ijk_to_ras as _ijk_to_ras
+from .geometry import (point_on_view, points_to_ijk, ras_to_ijk, roi_corners_world, roi_to_ijk, scribble_to_ijk,
+                       slice_axis_from_normal, slice_index, slice_spacing)
 
 __all__ = ["PointPrompt", "BoxPrompt", "ScribblePrompt", "Prompt", "PromptError", "build_infer_params",
            "numpy_axis", "slice_replacement", "read_slice", "write_slice", "masks_from_label",
@@ -51,6 +52,23 @@ class BoxPrompt:
 
     corner_a: Sequence[float]
     corner_b: Sequence[float]
+
+    @classmethod
+    def from_roi(cls, center: Sequence[float], size: Sequence[float], axes=None, ijk_to_ras=None,
+                 parent=None) -> "BoxPrompt":
+        """The box of a (possibly rotated) Markups ROI: ``center``/``size`` (``GetCenterWorld``/``GetSizeWorld``)
+        and the rows of its unit X, Y, Z axes in world (``GetXAxisWorld`` ...; identity when None).
+
+        With the volume's ``ijk_to_ras`` (and ``parent``), the box is the volume-axis-aligned box around the ROI's
+        8 corners (their IJK min/max), given back as 2 world corners; without, the RAS-axis-aligned one.
+        """
+        corners = roi_corners_world(center, size, axes)
+        if ijk_to_ras is not None:
+            ijk = ras_to_ijk(corners, ijk_to_ras, parent)
+            lo, hi = _ijk_to_ras(ijk.min(axis=0), ijk_to_ras, parent), _ijk_to_ras(ijk.max(axis=0), ijk_to_ras, parent)
+        else:
+            lo, hi = corners.min(axis=0), corners.max(axis=0)
+        return cls(corner_a=[float(v) for v in lo], corner_b=[float(v) for v in hi])
 
 
 @dataclass
