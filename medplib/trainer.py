@@ -212,6 +212,8 @@ class Trainer:
             return True
         plan = STAGES["ground"]
         configure_stage(model, plan, self.cfg.train_encoders)
+        for moe in self._moes():  # cache <SEG> states exactly as inference will produce them (router decides)
+            moe.force_expert = None
         for name, p in model.named_parameters():  # only the mask branch learns here
             p.requires_grad_(name.startswith(("model.visual_model", "model.text_hidden_fcs")))
         params = [p for p in model.parameters() if p.requires_grad]

@@ -139,3 +139,23 @@ def test_train_through_the_server_then_infer_serves_the_new_checkpoint(sample_da
         assert r.status_code == 200, r.text
         stats = client.get("/info/").json()["train_stats"]["medplib"]
         assert [h["version"] for h in stats["history"]] == [1, 2]
+
+
+def test_mask_phase_caches_seg_states_with_inference_routing(tmp_path, monkeypatch):
+    """The cached <SEG> states must be those inference produces: the router decides, no stage forcing."""
+    import medplib.trainer as trainer_mod
+
+    model, tok = build_model("tiny", seed=4)
+    seen = []
+    original = trainer_mod._cache_seg_states
+
+    def spy(m, examples, progress, should_stop):
+        seen.extend(layer.mlp.force_expert for layer in m.model.layers)
+        return original(m, examples, progress, should_stop)
+
+    monkeypatch.setattr(trainer_mod, "_cache_seg_states", spy)
+    cfg = TrainConfig(stage="ground", epochs=1, batch_size=2, max_steps_per_epoch=1, mask_epochs=1, val_samples=2,
+                      lora=LoraSettings(r=2, alpha=4))
+    Trainer(model, tok, cfg, tmp_path, _examples(model, tok), [], save=lambda m, p: None, progress=False).run()
+    assert seen and all(f is None for f in seen)
+    assert all(layer.mlp.force_expert is None for layer in model.model.layers)  # and none left after the run
