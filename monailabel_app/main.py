@@ -11,6 +11,9 @@
   max_new_tokens  answer length cap (default 64)
   clip_path, sam_path   CLIP folder and sam-med2d_b.pth for the official release
   labels          JSON list of structure names offered to Slicer (default brain, grey matter, white matter, csf, target)
+  dicomweb_filter       with --studies http(s)://.../dicom-web: QIDO series filter as JSON
+                        (default {"Modality": ["CT", "MR"]}; "{}" = every image series)
+  dicomweb_cache_ttl    seconds the series / SEG listings are cached (default 30)
 """
 
 from __future__ import annotations
@@ -70,7 +73,14 @@ class MedPLIBApp(MONAILabelApp):
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            if ml_settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+                return super().init_datastore()
+            # DICOMweb (Orthanc, dcm4chee, ...): our offline datastore; MONAI Label's own would download dcmqi
+            # from GitHub at start-up and write DICOM SEG with it.
+            from medplib_label.dicomweb import dicomweb_datastore
+
+            self.studies = self.studies.rstrip("/").strip()
+            return dicomweb_datastore(self.studies, labels=self.label_map, conf=self.conf)
         return SafeLocalDatastore(self.studies, extensions=ml_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
                                   auto_reload=ml_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
                                   read_only=ml_settings.MONAI_LABEL_DATASTORE_READ_ONLY)

@@ -73,6 +73,9 @@ class MedPLIBTrainTask(TrainTask):
         import torch
 
         nproc = torch.cuda.device_count() if torch.cuda.is_available() else int(req["nproc"])
+        # The ranks open `_datastore_path` as a LocalDatastore; a DICOMweb store fills that cache (images and the
+        # final labels from the SEGs on the server) in datalist(); for a local store this is a cheap listing.
+        datastore.datalist()
         spec = {"studies": datastore._datastore_path, "model": self.model_spec, "model_dir": str(self.model_dir),
                 "name": paths.name, "publish_as": self.publish_as, "config": cfg.to_dict(),
                 "slice_step": int(req["slice_step"]), "val_slice_step": int(req["val_slice_step"]),
