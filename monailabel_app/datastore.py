@@ -68,21 +68,28 @@ class SafeLocalDatastore(LocalDatastore):
         return image_id
 
     def _check_label(self, image_id: str, label_filename: str) -> None:
-        try:
-            label = read_volume(label_filename)
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=f"label: {exc}") from None
-        image = read_volume(self.get_image_uri(image_id))
-        if label.shape != image.shape:
-            raise HTTPException(status_code=422, detail=f"label: shape {list(label.shape)} does not match the "
-                                                        f"image's {list(image.shape)}")
-        if not (np.allclose(label.spacing, image.spacing, rtol=1e-3, atol=1e-4)
-                and np.allclose(label.origin, image.origin, atol=1e-2)
-                and np.allclose(label.direction, image.direction, atol=1e-3)):
-            raise HTTPException(status_code=422, detail="label: its spacing, origin or direction does not match "
-                                                        "the image's")
-        if not np.array_equal(label.array, np.round(label.array)) or label.array.min() < 0:
-            raise HTTPException(status_code=422, detail="label: values must be non-negative integers")
+        check_label_fits(self.get_image_uri(image_id), label_filename)
+
+
+def check_label_fits(image_path: str, label_path: str, max_value: int = 65535):
+    """(label, image) volumes; HTTP 422 naming `label` when it is unreadable or does not fit the image's grid."""
+    try:
+        label = read_volume(label_path)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=f"label: {exc}") from None
+    image = read_volume(image_path)
+    if label.shape != image.shape:
+        raise HTTPException(status_code=422, detail=f"label: shape {list(label.shape)} does not match the "
+                                                    f"image's {list(image.shape)}")
+    if not (np.allclose(label.spacing, image.spacing, rtol=1e-3, atol=1e-4)
+            and np.allclose(label.origin, image.origin, atol=1e-2)
+            and np.allclose(label.direction, image.direction, atol=1e-3)):
+        raise HTTPException(status_code=422, detail="label: its spacing, origin or direction does not match "
+                                                    "the image's")
+    arr = label.array
+    if not np.array_equal(arr, np.round(arr)) or arr.min() < 0 or arr.max() > max_value:
+        raise HTTPException(status_code=422, detail=f"label: values must be integers in 0..{max_value}")
+    return label, image
 
 
 def _atomic_copy(src: str, dest: str) -> None:

@@ -49,7 +49,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.exception import ImageNotFoundException
 from pydicom.dataset import Dataset
 
-from medplib_label.datastore import check_id
+from medplib_label.datastore import check_id, check_label_fits
 from medplib_label.volume_io import read_volume
 
 logger = logging.getLogger(__name__)
@@ -505,22 +505,8 @@ class MedPLIBDICOMwebDatastore(DICOMWebDatastore):
 # ---------------------------------------------------------------------- conversions
 def checked_label(image_path: str, label_path: str) -> sitk.Image:
     """The label as UInt16 on the image's exact grid; HTTP 422 when it is unreadable or does not fit the image."""
-    try:
-        label = read_volume(label_path)
-    except ValueError as exc:
-        raise HTTPException(status_code=422, detail=f"label: {exc}") from None
-    image = read_volume(image_path)
-    if label.shape != image.shape:
-        raise HTTPException(status_code=422, detail=f"label: shape {list(label.shape)} does not match the image's "
-                                                    f"{list(image.shape)}")
-    if not (np.allclose(label.spacing, image.spacing, rtol=1e-3, atol=1e-4)
-            and np.allclose(label.origin, image.origin, atol=1e-2)
-            and np.allclose(label.direction, image.direction, atol=1e-3)):
-        raise HTTPException(status_code=422, detail="label: its spacing, origin or direction does not match the "
-                                                    "image's")
+    label, image = check_label_fits(image_path, label_path)
     arr = label.array
-    if not np.array_equal(arr, np.round(arr)) or arr.min() < 0 or arr.max() > 65535:
-        raise HTTPException(status_code=422, detail="label: values must be integers in 0..65535")
     out = sitk.GetImageFromArray(np.ascontiguousarray(arr.astype(np.uint16).transpose(2, 1, 0)))
     out.CopyInformation(image.reference)
     return out
