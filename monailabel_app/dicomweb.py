@@ -50,7 +50,6 @@ from monailabel.interfaces.exception import ImageNotFoundException
 from pydicom.dataset import Dataset
 
 from medplib_label.datastore import check_id, check_label_fits
-from medplib_label.volume_io import read_volume
 
 logger = logging.getLogger(__name__)
 
