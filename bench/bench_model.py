@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
+def median_time(fn, repeats: int, warmup: bool = True) -> float:
+    """Median wall time of `repeats` calls (after one untimed warm-up call)."""
+    if warmup:
+        fn()
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -35,8 +37,8 @@ def bench_moe(model, tokens: int, repeats: int, device: str) -> None:
     # Route about half the tokens to each expert, as a trained router does on mixed data.
     with torch.no_grad():
         moe.deepspeed_moe.gate.wg.weight.normal_(std=0.5)
-        t_moe = _time(lambda: moe(x), repeats)
-        t_dense = _time(lambda: dense(x), repeats)
+        t_moe = median_time(lambda: moe(x), repeats)
+        t_dense = median_time(lambda: dense(x), repeats)
         moe.record_routing = True
         moe(x)
         share = float(moe.last_routing.float().mean())

@@ -95,3 +95,24 @@ def sample_datastore(sample_datastore_master, tmp_path):
     import shutil
 
     return shutil.copytree(sample_datastore_master, tmp_path / "datastore")
+
+
+@pytest.fixture(scope="module")
+def studies(sample_datastore_master, tmp_path_factory):
+    """A module-private copy of the sample datastore for a module's real server (it may write to it)."""
+    import shutil
+    from pathlib import Path
+
+    return Path(shutil.copytree(sample_datastore_master, tmp_path_factory.mktemp("served") / "datastore"))
+
+
+@pytest.fixture(scope="module")
+def server(studies, fitted_tiny_dir):
+    """A real `monailabel start_server` (medplib_label.server:app) serving the fitted tiny model on CPU, so its
+    answers are the fitted ones on any machine. Modules may override `server` with their own."""
+    from .app_client import APP_DIR
+    from .server_harness import start_server
+
+    with start_server(APP_DIR, studies, {"model": str(fitted_tiny_dir), "device": "cpu"}) as srv:
+        yield srv
+        assert srv.alive(), f"the server died during the tests; log tail:\n{srv.log_tail()}"

@@ -20,30 +20,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from .server_harness import start_server, venv_bin
+from .server_harness import venv_bin
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_DIR = ROOT / "monailabel_app"
 LABELLED = {"mni152_t1", "mni152_t1_lps_aniso"}  # the images with a final label in the sample datastore
 APP_LABELS = ["brain", "grey matter", "white matter", "csf", "target"]  # main.DEFAULT_LABELS
 SLICER_CLIENT_REL = Path("plugins", "slicer", "MONAILabel", "MONAILabelLib", "client.py")
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def studies(sample_datastore_master, tmp_path_factory) -> Path:
-    """A module-private copy of the sample datastore (the server may write to it)."""
-    return Path(shutil.copytree(sample_datastore_master, tmp_path_factory.mktemp("interop") / "datastore"))
-
-
-@pytest.fixture(scope="module")
-def server(studies, fitted_tiny_dir):
-    # device cpu: the answers of the tiny fitted model are then the ones fitted (fp32), on any machine.
-    with start_server(APP_DIR, studies, {"model": str(fitted_tiny_dir), "device": "cpu"}) as srv:
-        yield srv
-        assert srv.alive(), f"the server died during the tests; log tail:\n{srv.log_tail()}"
-
-
 @pytest.fixture(scope="module")
 def info(server) -> dict:
     r = httpx.get(server.url + "/info/", timeout=30)

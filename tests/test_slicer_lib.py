@@ -33,9 +33,7 @@ sys.path.insert(0, str(LIB_PARENT))
 import MedPLIBLabelLib as lib  # noqa: E402
 from MedPLIBLabelLib import codec, errors, geometry as g, protocol as pr  # noqa: E402
 
-from .server_harness import start_server  # noqa: E402
 
-APP_DIR = ROOT / "monailabel_app"
 IMAGE = "mni152_t1"
 LABELLED = {"mni152_t1", "mni152_t1_lps_aniso"}
 VIEWS = ("axial", "sagittal", "coronal")
@@ -321,19 +319,6 @@ def test_network_failures_are_mapped():
 
 
 # ================================================================================ the real server
-@pytest.fixture(scope="module")
-def studies(sample_datastore_master, tmp_path_factory) -> Path:
-    """A module-private copy of the sample datastore (the server writes labels and uploads into it)."""
-    return Path(shutil.copytree(sample_datastore_master, tmp_path_factory.mktemp("slicer_lib") / "datastore"))
-
-
-@pytest.fixture(scope="module")
-def server(studies, fitted_tiny_dir):
-    with start_server(APP_DIR, studies, {"model": str(fitted_tiny_dir), "device": "cpu"}) as srv:
-        yield srv
-        assert srv.alive(), f"the server died during the tests; log tail:\n{srv.log_tail()}"
-
-
 @pytest.fixture(scope="module")
 def client(server) -> lib.MedPLIBClient:
     return lib.MedPLIBClient(server.url, timeout=120)
