@@ -67,7 +67,7 @@ def bench_predictor(model, tok, vol, window) -> None:
         print("P1b skipped: the model produced no mask for the first question")
 
 
-def bench_volume(engine, image_path, vol, window) -> None:
+def bench_volume(engine, vol, window) -> None:
     from medplib_label.geometry import PlaneMapper
     from medplib_label.infers.volume_scope import ground_volume
     from medplib.predictor import MedPLIBPredictor
@@ -75,7 +75,7 @@ def bench_volume(engine, image_path, vol, window) -> None:
     axis = int(np.argmax(vol.shape))
     question = "Please segment the brain."
     t0 = time.perf_counter()
-    label, stats = ground_volume(engine, image_path, vol, axis, window, question, 0.1, None, False)
+    label, stats = ground_volume(engine, vol, axis, window, question, 0.1, None, False)
     t_batched = time.perf_counter() - t0
     model, tok = engine.get()
     t0 = time.perf_counter()
@@ -181,7 +181,7 @@ def main() -> None:
     window = auto_window(vol, "MR")
     bench_predictor(model, tok, vol, window)
     small = engine.volume(os.path.join(studies, "mni152_t1_lps_aniso.nii.gz"))
-    bench_volume(engine, os.path.join(studies, "mni152_t1_lps_aniso.nii.gz"), small, auto_window(small, "MR"))
+    bench_volume(engine, small, auto_window(small, "MR"))
     if not args.skip_server:
         bench_server(args, studies)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -84,7 +85,7 @@ class MedPLIBInfer(InferTask):
         except ValueError as exc:
             raise HTTPException(status_code=422, detail=f"image: {exc}") from None
         scribble_mask, segment = None, p.label
-        if p.label and _looks_like_file(p.label, request):
+        if p.label and _looks_like_file(p.label):
             try:
                 scribble_mask = read_label_like(p.label, vol)
             except ValueError as exc:
@@ -164,7 +165,7 @@ class MedPLIBInfer(InferTask):
         names: dict[str, int] = {}
         answers, per_target = [], {}
         for value, (name, question) in enumerate(targets, start=1):
-            mask, stats = ground_volume(self.engine, request["image"], vol, p.axis, window, question, threshold,
+            mask, stats = ground_volume(self.engine, vol, p.axis, window, question, threshold,
                                         p.max_new_tokens, p.largest_cc)
             label[mask > 0] = value
             names[name] = value
@@ -229,7 +230,6 @@ def _paste(label: np.ndarray, mapper: PlaneMapper, mask2d: np.ndarray, value: in
     label[tuple(index)][mask2d] = value
 
 
-def _looks_like_file(value: str, request: dict[str, Any]) -> bool:
-    import os
-
+def _looks_like_file(value: str) -> bool:
+    """MONAI Label puts an uploaded `label` file's path where a segment name would otherwise be."""
     return os.path.sep in value and os.path.isfile(value)

@@ -28,7 +28,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
-def ground_volume(engine: MedPLIBEngine, image_key: str, vol: Volume, axis: int, window: Window, question: str,
+def ground_volume(engine: MedPLIBEngine, vol: Volume, axis: int, window: Window, question: str,
                   threshold: float, max_new_tokens: int | None, keep_largest: bool,
                   batch_size: int = 8) -> tuple[np.ndarray, dict]:
     """Union of every <SEG> mask of every slice with tissue.

@@ -76,16 +76,6 @@ def render_turn(turn: Turn, first: bool) -> str:
     return f" USER: {question} ASSISTANT:"
 
 
-def render_prompt(system: str, turns: list[Turn], sep2: str) -> str:
-    """The whole conversation as text (for logs and docs); a last turn without answer ends with "ASSISTANT:"."""
-    parts = [system]
-    for idx, turn in enumerate(turns):
-        parts.append(render_turn(turn, idx == 0))
-        if turn.answer is not None:
-            parts.append(f" {turn.answer}{sep2}")
-    return "".join(parts)
-
-
 def _tokenize_text(tokenizer, text: str) -> list[int]:
     """Tokenise with `<image>` -> IMAGE_TOKEN_INDEX and `<region></region>` -> region ids around REGION_TOKEN_INDEX."""
     region_start = tokenizer.convert_tokens_to_ids(REGION_START)

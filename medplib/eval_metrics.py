@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-MODALITIES = ("ct", "mr", "x", "pet", "ultrasound", "endoscopy", "dermoscopy", "fundus")
 _ARTICLES = {"a", "an", "the"}
 # A period is punctuation unless it sits between digits (keeps "2.5"); every other non-word char goes.
 _PERIOD = re.compile(r"(?<!\d)\.|\.(?!\d)")

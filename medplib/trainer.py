@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .config import LossWeights
-from .losses import TrainSample, compute_loss, dice_loss, sigmoid_bce
+from .losses import TrainSample, dice_loss, sigmoid_bce
 from .lora import STAGES, LoraSettings, add_lora, configure_stage
 from .metrics import dice as dice_metric
 from .modeling import MedPLIBForCausalLM

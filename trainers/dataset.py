@@ -28,7 +28,6 @@ MODALITY_Q = ("What is the modality of this image?", "Which imaging modality was
 PLANE_Q = ("In which plane is this slice?", "Is this an axial, coronal or sagittal slice?")
 BODY_Q = ("Which body part is shown?", "What part of the body is imaged?")
 REGION_Q = ("What is this structure?", "Which structure is marked by <region>?", "What does <region> show?")
-GROUND_ZH = ("请分割{label}。",)  # bilingual prompts arrive in a later issue; kept here so ids stay stable
 MIN_STRUCTURE_PIXELS = 30
 
 

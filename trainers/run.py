@@ -19,7 +19,7 @@ import torch
 
 from medplib.config import preset
 from medplib.loading import DELTA_NAME, WEIGHTS_NAME, build_model, from_pretrained, save_delta, save_pretrained
-from medplib.lora import STAGES, LoraSettings, add_lora, configure_stage, merge_lora
+from medplib.lora import STAGES, add_lora, configure_stage, merge_lora
 from medplib.samples import make_sample
 from medplib.trainer import STAGE_ORDER, Example, TrainConfig, Trainer
 
