@@ -109,19 +109,13 @@ router = APIRouter(prefix=settings.MONAI_LABEL_API_STR + "/infer", tags=["Infer"
 
 
 def _guarded(fn):
-    """Map failures of one request to HTTP answers; nothing escapes as a 500."""
+    """A failure inside the model fails only this request, as a 503; input errors keep their 4xx (they reach the
+    app-level exception handlers below, which serve MONAI Label's own endpoints too)."""
     def run():
         try:
             return fn()
-        except HTTPException:
+        except (HTTPException, MONAILabelException, FileNotFoundError, ValueError):
             raise
-        except MONAILabelException as exc:
-            status = 404 if "no model" in exc.msg.lower() else 422
-            raise HTTPException(status_code=status, detail=exc.msg) from None
-        except FileNotFoundError as exc:
-            raise HTTPException(status_code=404, detail=f"not found: {exc}") from None
-        except ValueError as exc:  # includes malformed params JSON
-            raise HTTPException(status_code=422, detail=f"params: {exc}") from None
         except Exception as exc:  # includes torch.OutOfMemoryError: fail this request, keep serving
             logger.exception("inference failed")
             raise HTTPException(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
@@ -164,7 +158,7 @@ async def _not_found(request, exc: FileNotFoundError):
 
 @app.exception_handler(ValueError)  # includes json.JSONDecodeError from malformed `params`/`info` forms
 async def _bad_value(request, exc: ValueError):
-    return JSONResponse({"detail": f"invalid input: {exc}"}, status_code=422)
+    return JSONResponse({"detail": f"invalid params or input: {exc}"}, status_code=422)
 
 
 @app.middleware("http")
