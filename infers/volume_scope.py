@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from medplib.predictor import MedPLIBPredictor
-from medplib.preprocess import Window, to_rgb, window_to_uint8
+from medplib.preprocess import Window, prepare_rgb, window_to_uint8
 
 from medplib_label.engine import MedPLIBEngine
 from medplib_label.geometry import PlaneMapper
@@ -54,7 +54,7 @@ def ground_volume(engine: MedPLIBEngine, vol: Volume, axis: int, window: Window,
     with_mask, forced, fallback, answer = 0, 0, 0, ""
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        rgbs = [to_rgb(window_to_uint8(plane, window)) for _, _, plane in chunk]
+        rgbs = [prepare_rgb(plane, window) for _, _, plane in chunk]
         with engine.lock:
             result = ground_batch(model, tok, rgbs, question)
         for (k, mapper, plane), logits, ok in zip(chunk, result.logits, result.forced_ok):

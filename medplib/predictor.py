@@ -11,8 +11,8 @@ import torch
 
 from .conversation import Turn, build_input_ids, with_region_markers
 from .modeling import MedPLIBForCausalLM
-from .preprocess import (Window, clip_pixel_values, longest_side_size, postprocess_masks, region_grid,
-                         sam_pixel_values, to_rgb, window_to_uint8)
+from .preprocess import (Window, clip_pixel_values, longest_side_size, postprocess_masks, prepare_rgb,
+                         region_grid, sam_pixel_values)
 from .regions import Region, rasterize
 
 
@@ -69,13 +69,7 @@ class MedPLIBPredictor:
         `image` is a 2D scalar slice (windowed to uint8 by `window` or robust percentiles) or HxWx3 uint8 RGB.
         """
         t0 = time.perf_counter()
-        arr = np.asarray(image)
-        if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
-            rgb = arr
-        elif arr.ndim == 2:
-            rgb = to_rgb(window_to_uint8(arr, window))
-        else:
-            raise ValueError(f"expected a 2D slice or HxWx3 uint8 image, got shape {arr.shape} ({arr.dtype})")
+        rgb = prepare_rgb(image, window)
         if min(rgb.shape[:2]) < 2:
             raise ValueError(f"image too small: {rgb.shape[:2]}")
         cfg = self.model.config

@@ -50,6 +50,16 @@ def to_rgb(image_u8: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected HxW or HxWx3, got {image_u8.shape}")
 
 
+def prepare_rgb(image: np.ndarray, window: Window | None = None) -> np.ndarray:
+    """2D scalar slice (windowed) or HxWx3 uint8 -> HxWx3 uint8."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
+        return arr
+    if arr.ndim == 2:
+        return to_rgb(window_to_uint8(arr, window))
+    raise ValueError(f"expected a 2D slice or HxWx3 uint8 image, got shape {arr.shape} ({arr.dtype})")
+
+
 def longest_side_size(height: int, width: int, target: int) -> tuple[int, int]:
     """(h', w') after ResizeLongestSide(target): scale, then round half up like the original."""
     scale = target / max(height, width)

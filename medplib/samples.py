@@ -10,18 +10,8 @@ import torch
 from .config import MedPLIBConfig
 from .conversation import Turn, build_input_ids, with_region_markers
 from .losses import TrainSample
-from .preprocess import Window, clip_pixel_values, region_grid, sam_pixel_values, to_rgb, window_to_uint8
+from .preprocess import Window, clip_pixel_values, prepare_rgb, region_grid, sam_pixel_values
 from .regions import Region, rasterize
-
-
-def prepare_rgb(image: np.ndarray, window: Window | None = None) -> np.ndarray:
-    """2D scalar slice (windowed) or HxWx3 uint8 -> HxWx3 uint8."""
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
-        return arr
-    if arr.ndim == 2:
-        return to_rgb(window_to_uint8(arr, window))
-    raise ValueError(f"expected a 2D slice or HxWx3 uint8 image, got shape {arr.shape} ({arr.dtype})")
 
 
 def make_sample(config: MedPLIBConfig, tokenizer, image: np.ndarray, question: str, answer: str,

@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from medplib.conversation import GROUND_ANSWER, GROUND_TEMPLATES
-from medplib.preprocess import Window, to_rgb, window_to_uint8
+from medplib.preprocess import Window, prepare_rgb
 from medplib.regions import Box, Point, Region, Scribble, rasterize
 
 from medplib_label.geometry import PlaneMapper
@@ -58,7 +58,7 @@ class SliceView:
 
     @property
     def rgb(self) -> np.ndarray:
-        return to_rgb(window_to_uint8(self.plane, self.window))
+        return prepare_rgb(self.plane, self.window)
 
 
 def load_slice(vol: Volume, axis: int, index: int, window: Window) -> SliceView:
