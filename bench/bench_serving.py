@@ -71,6 +71,7 @@ def bench_volume(engine, vol, window) -> None:
     from medplib_label.geometry import PlaneMapper
     from medplib_label.infers.volume_scope import ground_volume
     from medplib.predictor import MedPLIBPredictor
+    from medplib.preprocess import logit
 
     axis = int(np.argmax(vol.shape))
     question = "Please segment the brain."
@@ -80,7 +81,7 @@ def bench_volume(engine, vol, window) -> None:
     model, tok = engine.get()
     t0 = time.perf_counter()
     per_slice = np.zeros(vol.shape, bool)
-    logit_thr = float(np.log(0.1 / 0.9))
+    logit_thr = logit(0.1)
     for k in range(vol.shape[axis]):
         mapper = PlaneMapper.create(vol.shape, vol.spacing, vol.direction, axis, k)
         plane = mapper.extract(vol.array)

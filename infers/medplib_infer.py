@@ -12,7 +12,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from medplib.conversation import grounding_question
-from medplib.preprocess import Window
+from medplib.preprocess import Window, logit
 
 from medplib_label.engine import MedPLIBEngine
 from medplib_label.geometry import PlaneMapper
@@ -129,7 +129,7 @@ class MedPLIBInfer(InferTask):
                 ans = pred.ask(question, **_ask_kwargs(task, prompts), max_new_tokens=p.max_new_tokens)
         label = np.zeros(vol.shape, np.uint8)
         names, values = self._mask_names(ans.seg_count, segment, question or "")
-        logit_thr = float(np.log(threshold / (1 - threshold))) if 0 < threshold < 1 else 0.0
+        logit_thr = logit(threshold)
         for i, value in enumerate(values):
             slice_logits = mapper.plane_to_slice(ans.mask_logits[i], logits=True)
             _paste(label, mapper, slice_logits > logit_thr, value)

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from medplib.predictor import MedPLIBPredictor
-from medplib.preprocess import Window, prepare_rgb, window_to_uint8
+from medplib.preprocess import Window, logit, prepare_rgb, window_to_uint8
 
 from medplib_label.engine import MedPLIBEngine
 from medplib_label.geometry import PlaneMapper
@@ -41,7 +41,7 @@ def ground_volume(engine: MedPLIBEngine, vol: Volume, axis: int, window: Window,
 
     model, tok = engine.get()
     label = np.zeros(vol.shape, bool)
-    logit_thr = float(np.log(threshold / (1 - threshold))) if 0 < threshold < 1 else 0.0
+    logit_thr = logit(threshold)
     todo: list[tuple[int, PlaneMapper, np.ndarray]] = []
     skipped = 0
     for k in range(vol.shape[axis]):

@@ -11,7 +11,7 @@ import torch
 
 from .conversation import Turn, build_input_ids, with_region_markers
 from .modeling import MedPLIBForCausalLM
-from .preprocess import (Window, clip_pixel_values, longest_side_size, postprocess_masks, prepare_rgb,
+from .preprocess import (Window, clip_pixel_values, logit, longest_side_size, postprocess_masks, prepare_rgb,
                          region_grid, sam_pixel_values)
 from .regions import Region, rasterize
 
@@ -138,7 +138,7 @@ class MedPLIBPredictor:
         timings = {**self.last_timings, "prompt": (t1 - t0) * 1e3,
                    "image_prefill": getattr(self, "_image_prefill_ms", 0.0) if past is not None else 0.0,
                    **out.timings_ms, "mask": (t3 - t2) * 1e3}
-        answer = Answer(text=text, masks=logits > _logit(self.mask_threshold), mask_logits=logits,
+        answer = Answer(text=text, masks=logits > logit(self.mask_threshold), mask_logits=logits,
                         iou_predictions=ious, token_ids=out.token_ids,
                         prompt=self.tokenizer.decode([i for i in ids if i >= 0]), timings_ms=timings)
         if text_embeds is not None:
@@ -180,7 +180,7 @@ class MedPLIBPredictor:
         t0 = time.perf_counter()
         logits, ious = self._masks(self._last_seg, points, point_labels, box)
         last = self._last_answer
-        return Answer(text=last.text, masks=logits > _logit(self.mask_threshold), mask_logits=logits,
+        return Answer(text=last.text, masks=logits > logit(self.mask_threshold), mask_logits=logits,
                       iou_predictions=ious, token_ids=last.token_ids, prompt=last.prompt,
                       timings_ms={"mask": (time.perf_counter() - t0) * 1e3})
 
@@ -220,8 +220,3 @@ class MedPLIBPredictor:
         if self.features is None:
             raise RuntimeError("call set_image() before ask()")
         return self.features
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return float(np.log(p / (1 - p)))

@@ -143,3 +143,9 @@ def postprocess_masks(low_res: torch.Tensor, input_size: tuple[int, int],
 def _python_slice(length: int, start: int, stop: int) -> slice:
     """Resolve a slice with Python's list semantics (negative start counts from the end; clamped)."""
     return slice(*slice(start, stop).indices(length)[:2])
+
+
+def logit(p: float) -> float:
+    """The logit a mask probability threshold corresponds to (clamped so 0 and 1 stay finite)."""
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
