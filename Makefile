@@ -9,7 +9,7 @@ SERVE_ARGS ?=
 MODEL_DIR := monailabel_app/model
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install sample-data default-model eval bench clean
+.PHONY: serve test install sample-data default-model eval bench fuzz fuzz-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Schemathesis needs jsonschema >= 4; pydicom-seg pins < 4 in the app's venv, so the fuzzer gets its own venv and
+# talks to the server over HTTP only.
+FUZZ_STAMP := .venv-fuzz/.installed
+$(FUZZ_STAMP):
+	@test -x .venv-fuzz/bin/python || $(PYTHON) -m venv .venv-fuzz
+	.venv-fuzz/bin/python -m pip install --quiet schemathesis==4.32.5
+	@touch $(FUZZ_STAMP)
+
+fuzz-venv: $(FUZZ_STAMP)
+
 sample-data: install
 	$(PY) sample_data/build_sample_data.py --out $(STUDIES)
 
-test: install
+test: install fuzz-venv
 	$(PY) -m pytest -q
 
 # STUDIES may be a DICOMweb URL (http://pacs:8042/dicom-web): served as is; a folder gets the sample data built.
@@ -46,5 +56,9 @@ eval: install sample-data
 bench: install
 	$(PY) bench/bench_model.py
 
+# Long fuzzing run (200 cases per operation) against the default model; `make test` runs a bounded variant.
+fuzz: install fuzz-venv sample-data
+	$(PY) bench/fuzz.py --examples 200
+
 clean:
-	rm -rf $(VENV) $(STUDIES) .pytest_cache
+	rm -rf $(VENV) .venv-fuzz $(STUDIES) .pytest_cache

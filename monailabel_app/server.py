@@ -25,9 +25,13 @@ from fastapi.responses import JSONResponse
 from monailabel.app import app
 from monailabel.config import RBAC_USER, settings
 from monailabel.endpoints import infer as infer_endpoints
+from monailabel.endpoints import session as session_endpoints
+from monailabel.endpoints import wsi_infer as wsi_endpoints
 from monailabel.endpoints.infer import ResultType, run_inference
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.exception import MONAILabelException
+
+from .sessions import router as session_router
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +104,13 @@ def _patch_auth() -> None:
 
 _patch_auth()
 
-# Take MONAI Label's blocking /infer router out of the app (FastAPI keeps included routers as entries that point
-# at the original router) and mount ours in its place.
+# Take MONAI Label's blocking /infer router and its /session router out of the app (FastAPI keeps included
+# routers as entries that point at the original router) and mount ours in their place. The WSI infer endpoints go
+# too: this radiology app has no WSI models, and they answer a missing image with a 500.
+_REPLACED = (infer_endpoints.router, session_endpoints.router, wsi_endpoints.router)
 app.router.routes = [r for r in app.router.routes
-                     if getattr(r, "original_router", None) is not infer_endpoints.router
-                     and getattr(r, "path", None) != settings.MONAI_LABEL_API_STR + "/infer/{model}"]
+                     if getattr(r, "original_router", None) not in _REPLACED
+                     and not any(getattr(r, "endpoint", None) is e.endpoint for rt in _REPLACED for e in rt.routes)]
 router = APIRouter(prefix=settings.MONAI_LABEL_API_STR + "/infer", tags=["Infer"])
 
 
@@ -135,11 +141,14 @@ async def api_run_inference(
     output: Optional[ResultType] = None,
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
 ):
+    if not (image or session_id or file):
+        raise HTTPException(status_code=422, detail="image: give an image id, a session_id or an uploaded file")
     return await QUEUE.submit(_guarded(lambda: run_inference(background_tasks, model, image, session_id, params,
                                                              file, label, output)))
 
 
 app.include_router(router)
+app.include_router(session_router)
 
 ID_PARAMS = ("image", "id", "label", "tag", "session_id", "strategy")
 

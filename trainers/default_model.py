@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", default="monailabel_app/model")
     parser.add_argument("--name", default="default_small")
     parser.add_argument("--slice-step", type=int, default=3)
+    parser.add_argument("--stage", default=RECIPE["stage"], choices=("all", "vqa", "ground", "moe"),
+                        help="stages to run (a new --name continues from the published model)")
     parser.add_argument("--steps", type=int, default=RECIPE["max_steps_per_epoch"], help="steps per LLM stage")
     parser.add_argument("--mask-epochs", type=int, default=RECIPE["mask_epochs"])
     parser.add_argument("--val-samples", type=int, default=RECIPE["val_samples"])
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from .run import RunPaths, run_training
 
-    cfg = TrainConfig(**{**RECIPE, "max_steps_per_epoch": args.steps, "mask_epochs": args.mask_epochs,
+    cfg = TrainConfig(**{**RECIPE, "stage": args.stage, "max_steps_per_epoch": args.steps, "mask_epochs": args.mask_epochs,
                          "val_samples": args.val_samples})
     datastore = LocalDatastore(args.studies, auto_reload=False)
     paths = RunPaths(Path(args.model_dir), args.name, "small")

@@ -139,7 +139,10 @@ def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, 
     (model, tokenizer), spec = load_start_model(model_spec, paths, resume)
     base = spec if spec in ("small",) and preset(spec).llm.source == "gguf" else None
     span = model.config.point_span
-    kinds = sorted({k for st in STAGE_ORDER[cfg.stage] for k in STAGES[st].kinds})
+    kinds = {k for st in STAGE_ORDER[cfg.stage] for k in STAGES[st].kinds}
+    if cfg.mask_epochs:  # the mask phase trains on grounding conversations whatever the stage
+        kinds.add("ground")
+    kinds = sorted(kinds)
     train_convs = build_conversations(datastore, "train", seed=cfg.seed, slice_step=slice_step, kinds=kinds, span=span)
     val_convs = build_conversations(datastore, "val", seed=cfg.seed + 1, slice_step=val_slice_step, kinds=kinds,
                                     span=span)
