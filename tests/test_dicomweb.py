@@ -352,3 +352,35 @@ def test_unreachable_server_is_a_quick_502_naming_the_step(tmp_path, monkeypatch
     assert err.value.status_code == 502 and "QIDO" in err.value.detail
     assert time.monotonic() - start < 10
     assert Path(store._datastore_path).is_relative_to(tmp_path)
+
+
+def test_logs_carry_no_patient_identifiers_or_pixels(pacs, app, tmp_path, caplog):
+    """Every log record of a DICOMweb session (list, info, infer, save) is free of the series' patient data."""
+    import logging
+
+    from medplib_label.volume_io import read_volume, write_label
+
+    from .app_client import parse_infer
+
+    server, mr, _ = pacs
+    client, instance = app
+    caplog.set_level(logging.DEBUG)
+    assert client.get("/datastore/?output=all").status_code == 200
+    assert client.get(f"/datastore/image/info?image={mr.series_uid}").status_code == 200
+    res = client.post(f"/infer/medplib?image={mr.series_uid}&output=json",
+                      data={"params": json.dumps({"question": "What modality is this?", "slice": 5})})
+    assert res.status_code == 200, res.text
+    res = client.post(f"/infer/medplib_seg?image={mr.series_uid}", data={"params": json.dumps({"label": "brain"})})
+    _, label_img, _ = parse_infer(res, tmp_path)
+    image = read_volume(instance.datastore().get_image_uri(mr.series_uid))
+    with open(write_label((np.asanyarray(label_img.dataobj) > 0).astype(np.uint8), image), "rb") as fh:
+        res = client.put(f"/datastore/label?image={mr.series_uid}&tag=final",
+                         data={"params": json.dumps({"label_info": [{"name": "brain", "idx": 1}]})},
+                         files={"label": ("final.nii.gz", fh)})
+    assert res.status_code == 200, res.text
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert len(caplog.records) > 5, "nothing was logged: the check would be empty"
+    assert mr.series_uid in text  # the records of the requests above were captured (ids are not PHI)
+    for phi in ("MEDPLIB-TEST-1", "Test^MNI152", "ACC1", "MNI152 T1 (test)"):
+        assert phi not in text, f"{phi!r} found in the logs"
+    assert "array(" not in text and "tensor(" not in text  # no pixel content either

@@ -24,6 +24,15 @@ def _bool(v) -> bool:
     return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class MedPLIBTrainTask(TrainTask):
     """Stages `vqa`, `ground`, `moe` or `all`; per-epoch loss and validation in /info train_stats; resumable."""
 
@@ -43,9 +52,14 @@ class MedPLIBTrainTask(TrainTask):
     def stats(self) -> dict:
         path = self.model_dir / "train_stats.json"
         try:
-            return json.loads(path.read_text()) if path.is_file() else {}
+            stats = json.loads(path.read_text()) if path.is_file() else {}
         except json.JSONDecodeError:  # being rewritten right now (it is replaced atomically, so rare)
             return {}
+        if stats.get("status") == "RUNNING" and stats.get("pid") and not _alive(int(stats["pid"])):
+            stats["status"] = "FAILED"
+            stats["error"] = (f"the training process ({stats['pid']}) ended without finishing (killed or crashed); "
+                              "the published model was kept")
+        return stats
 
     def request_config(self, request: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
         defaults = {k: (v[0] if isinstance(v, list) else v) for k, v in self.config().items()}

@@ -152,7 +152,7 @@ def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, 
     trained = trained_parameter_names(model, cfg)
     stats: dict[str, Any] = {"status": "RUNNING", "name": paths.name, "model": model_spec, "config": cfg.to_dict(),
                              "train_conversations": len(train_convs), "val_conversations": len(val_convs),
-                             "start_ts": start, "history": []}
+                             "start_ts": start, "history": [], "pid": os.getpid()}
     write_stats(paths, stats)
 
     def on_epoch(record: dict) -> None:
@@ -165,7 +165,12 @@ def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, 
                       to_examples(model, tokenizer, val_convs), save=make_saver(tokenizer, base, trained),
                       publish=lambda ckpt: publish(ckpt, paths.published), on_epoch=on_epoch,
                       should_stop=should_stop, progress=progress)
-    result = trainer.run()
+    try:
+        result = trainer.run()
+    except BaseException as exc:  # the published model stays as it was; say why this run ended
+        stats.update({"status": "FAILED", "error": f"{type(exc).__name__}: {exc}", "end_ts": time.time()})
+        write_stats(paths, stats)
+        raise
     stats.update({"status": "STOPPED" if result["stopped"] else "DONE", "end_ts": time.time(),
                   "best_val_score": result["best_val_score"], "history": result["history"],
                   "published": str(paths.published)})
