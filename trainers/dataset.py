@@ -15,6 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
+from medplib.bilingual import GROUND_ANSWER_ZH, GROUND_TEMPLATES_ZH, REGION_QUESTIONS_ZH, to_zh
 from medplib.conversation import GROUND_ANSWER, GROUND_TEMPLATES
 from medplib.preprocess import Window, prepare_rgb
 from medplib.regions import Box, Point, Region, Scribble, rasterize
@@ -29,6 +30,7 @@ PLANE_Q = ("In which plane is this slice?", "Is this an axial, coronal or sagitt
 BODY_Q = ("Which body part is shown?", "What part of the body is imaged?")
 REGION_Q = ("What is this structure?", "Which structure is marked by <region>?", "What does <region> show?")
 MIN_STRUCTURE_PIXELS = 30
+ZH_FRACTION = 0.3  # share of grounding and region conversations asked in Chinese (MedRegA is bilingual)
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Conversation:
     regions: list[Region] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
     closed: bool = True
+    lang: str = "en"
     rgb: np.ndarray | None = field(default=None, repr=False)  # the slice as the model sees it (shared per slice)
 
 
@@ -153,17 +156,23 @@ def slice_conversations(rng: random.Random, image_id: str, view: SliceView, info
         for name, values in structures.items():
             mask = np.isin(label_view, values)
             if mask.sum() >= MIN_STRUCTURE_PIXELS:
-                question = rng.choice(GROUND_TEMPLATES).format(label=name)
-                out.append(Conversation(image_id, axis, index, "ground", question, GROUND_ANSWER, name,
-                                        masks=[mask]))
+                zh = rng.random() < ZH_FRACTION
+                question = rng.choice(GROUND_TEMPLATES_ZH if zh else GROUND_TEMPLATES).format(
+                    label=to_zh(name) if zh else name)
+                out.append(Conversation(image_id, axis, index, "ground", question,
+                                        GROUND_ANSWER_ZH if zh else GROUND_ANSWER, name, masks=[mask],
+                                        lang="zh" if zh else "en"))
     if "region" in kinds:
         leaves = leaf_structures(structures)
         for name in leaves:
             kind = rng.choice(("point", "box", "scribble"))
             region = sample_region(rng, label_view, leaves, span, kind, name)
             if region is not None:
-                out.append(Conversation(image_id, axis, index, "region", rng.choice(REGION_Q), name, name,
-                                        regions=[region]))
+                zh = rng.random() < ZH_FRACTION
+                out.append(Conversation(image_id, axis, index, "region",
+                                        rng.choice(REGION_QUESTIONS_ZH if zh else REGION_Q),
+                                        to_zh(name) if zh else name, name, regions=[region],
+                                        lang="zh" if zh else "en"))
     return _with_rgb(out, rgb)
 
 
