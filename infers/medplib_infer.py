@@ -11,6 +11,7 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from medplib.bilingual import to_zh
 from medplib.conversation import grounding_question
 from medplib.preprocess import Window, logit
 
@@ -19,6 +20,8 @@ from medplib_label.geometry import PlaneMapper
 from medplib_label.volume_io import Volume, read_label_like, write_label
 
 from .prompts import PlanePrompts, build_prompts, choose_slice, resolve_task
+from .refer import box_text, history_turns, question_boxes, slice_boxes, volume_boxes
+from .report import slice_report, volume_report
 from .request import InferParams, bad_request, parse_params
 from .volume_scope import ground_volume
 
@@ -55,7 +58,7 @@ class MedPLIBInfer(InferTask):
                          config=self._defaults())
 
     def _defaults(self) -> dict[str, Any]:
-        tasks = ["auto", "ground", "vqa", "region"]
+        tasks = ["auto", "ground", "vqa", "region", "report"]
         scopes = ["slice", "volume"]
         return {
             "question": "",
@@ -66,6 +69,7 @@ class MedPLIBInfer(InferTask):
             "max_new_tokens": self.engine.settings.max_new_tokens,
             "threshold": self.engine.settings.threshold,
             "result_extension": [".nii.gz", ".nrrd"],
+            "box_format": ["medrega", "bird"],
         }
 
     def is_valid(self) -> bool:
@@ -98,6 +102,13 @@ class MedPLIBInfer(InferTask):
             window = self.engine.cached_window(request["image"], lambda: auto_window(vol, image_info.get("modality")))
         threshold = p.threshold if p.threshold is not None else self.engine.settings.threshold
         t_read = time.perf_counter()
+        if p.task == "report":
+            if p.foreground or p.background or p.roi or p.scribble or scribble_mask is not None:
+                raise bad_request("task", "a report grounds the labels by name; send no region prompts with it")
+            targets = p.labels or [n for n in self.app_labels if n != "target"]
+            if p.scope == "volume":
+                return volume_report(self, request, p, vol, window, targets, threshold, t_start)
+            return slice_report(self, request, p, vol, window, targets, threshold, t_start)
         if p.scope == "volume":
             return self._volume(request, p, vol, window, segment, threshold, t_start, t_read)
         return self._slice(request, p, vol, window, segment, scribble_mask, threshold, t_start, t_read)
@@ -107,6 +118,13 @@ class MedPLIBInfer(InferTask):
         k = choose_slice(p, vol.shape)
         mapper = PlaneMapper.create(vol.shape, vol.spacing, vol.direction, p.axis, k)
         prompts = build_prompts(p, mapper, scribble_mask)
+        text, text_regions = question_boxes(p.question, mapper)
+        if text_regions:  # boxes written in the question are region prompts, like `roi`
+            p = p.model_copy(update={"question": text})
+            prompts.regions.extend(text_regions)
+            prompts.used["text_boxes"] = len(text_regions)
+            prompts.used["regions"] = len(prompts.regions)
+        history, dropped = history_turns(p)
         key = (request["image"], vol.shape, p.axis, k, window)
         if p.refine:
             task, question = "refine", None
@@ -126,13 +144,17 @@ class MedPLIBInfer(InferTask):
             with self.engine.lock:
                 pred, cached = self.engine.predictor(key, mapper.extract(vol.array), window)
                 pred.mask_threshold = threshold
-                ans = pred.ask(question, **_ask_kwargs(task, prompts), max_new_tokens=p.max_new_tokens)
+                ans = pred.ask(question, **_ask_kwargs(task, prompts), history=history,
+                               max_new_tokens=p.max_new_tokens)
         label = np.zeros(vol.shape, np.uint8)
         names, values = self._mask_names(ans.seg_count, segment, question or "")
         logit_thr = logit(threshold)
         for i, value in enumerate(values):
             slice_logits = mapper.plane_to_slice(ans.mask_logits[i], logits=True)
             _paste(label, mapper, slice_logits > logit_thr, value)
+        boxes = []
+        for name, value in names.items():
+            boxes += slice_boxes(name, value, _slice_of(label, mapper) == value, mapper, p.min_box_area)
         t_model = time.perf_counter()
         path = write_label(label, vol, p.result_extension)
         t_end = time.perf_counter()
@@ -143,10 +165,12 @@ class MedPLIBInfer(InferTask):
                 latency[stage] = 0.0
         result = {
             "answer": ans.text, "task": task, "question": question,
-            "label_names": names if names else {segment or self._default_name(): 1},
+            "label_names": names if names else {segment or self._name_in(question or "") or self._default_name(): 1},
             "seg_count": ans.seg_count, "axis": p.axis, "slice": k, "view": mapper.view,
             "prompts_used": {**prompts.used, "window": {"center": window.center, "width": window.width}},
             "features_cached": cached, "iou_predictions": ans.iou_predictions,
+            "boxes": boxes, "box_format": p.box_format, "box_text": box_text(boxes, p.box_format),
+            "history_used": len(history), "history_dropped": dropped,
             "latency_ms": {k: round(v, 2) for k, v in latency.items()},
             "model": self.engine.model_name(),
         }
@@ -163,12 +187,13 @@ class MedPLIBInfer(InferTask):
             targets = [(name, grounding_question(name)) for name in self.app_labels if name != "target"]
         label = np.zeros(vol.shape, np.uint8)
         names: dict[str, int] = {}
-        answers, per_target = [], {}
+        answers, per_target, boxes = [], {}, []
         for value, (name, question) in enumerate(targets, start=1):
             mask, stats = ground_volume(self.engine, vol, p.axis, window, question, threshold,
                                         p.max_new_tokens, p.largest_cc)
             label[mask > 0] = value
             names[name] = value
+            boxes += volume_boxes(name, value, mask, p.min_box_area)
             answers.append(stats.pop("answer"))
             per_target[name] = stats
         t_model = time.perf_counter()
@@ -178,7 +203,7 @@ class MedPLIBInfer(InferTask):
             "answer": answers[0] if len(answers) == 1 else "; ".join(f"{n}: {a}" for n, a in zip(names, answers)),
             "task": "ground", "question": targets[0][1] if len(targets) == 1 else None, "label_names": names,
             "seg_count": int(sum(1 for v in names.values() if (label == v).any())), "axis": p.axis,
-            "scope": "volume", "slices": per_target,
+            "scope": "volume", "slices": per_target, "boxes": boxes,
             "latency_ms": {"read": round((t_read - t_start) * 1e3, 2), "model": round((t_model - t_read) * 1e3, 2),
                            "write": round((t_end - t_model) * 1e3, 2), "total": round((t_end - t_start) * 1e3, 2)},
             "model": self.engine.model_name(),
@@ -191,7 +216,7 @@ class MedPLIBInfer(InferTask):
     def _name_in(self, text: str) -> str | None:
         """The longest app label named in the text (so "grey matter" wins over "matter")."""
         low = text.lower()
-        hits = [name for name in self.app_labels if name.lower() in low]
+        hits = [name for name in self.app_labels if name.lower() in low or to_zh(name) in text]
         return max(hits, key=len) if hits else None
 
     def _mask_names(self, n: int, segment: str | None, question: str) -> tuple[dict[str, int], list[int]]:
@@ -206,8 +231,8 @@ class MedPLIBInfer(InferTask):
         if segment:
             ordered = [segment]
         else:
-            low = question.lower()
-            found = sorted((low.find(name.lower()), name) for name in self.app_labels if name.lower() in low)
+            found = sorted((_position(question, name), name) for name in self.app_labels
+                           if _position(question, name) >= 0)
             # Drop names contained in a longer hit ("matter" inside "white matter").
             ordered = [nm for _, nm in found if not any(nm != other and nm in other for _, other in found)]
             ordered = ordered or [self._default_name()]
@@ -222,6 +247,18 @@ def _ask_kwargs(task: str, prompts: PlanePrompts) -> dict[str, Any]:
         # Clicks and the ROI refine the grounded mask through SAM's own point/box prompts.
         return {"points": prompts.points, "point_labels": prompts.point_labels, "box": prompts.box}
     return {}
+
+
+def _position(text: str, name: str) -> int:
+    """Where a structure is named in a question, by its English name or its Chinese term (-1: not named)."""
+    hits = [i for i in (text.lower().find(name.lower()), text.find(to_zh(name))) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def _slice_of(label: np.ndarray, mapper: PlaneMapper) -> np.ndarray:
+    index = [slice(None)] * 3
+    index[mapper.axis] = mapper.index
+    return label[tuple(index)]
 
 
 def _paste(label: np.ndarray, mapper: PlaneMapper, mask2d: np.ndarray, value: int) -> None:

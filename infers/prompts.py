@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medplib.bilingual import is_grounding_request_zh
 from medplib.conversation import grounding_question, is_grounding_request
 from medplib.regions import Box, Point, Region, Scribble
 
@@ -112,14 +113,19 @@ def _with_slice(point, mapper: PlaneMapper) -> list[float]:
     return q
 
 
+def wants_mask(question: str) -> bool:
+    """A segmentation request, in English or Chinese."""
+    return is_grounding_request(question) or is_grounding_request_zh(question)
+
+
 def resolve_task(p: InferParams, prompts: PlanePrompts, segment: str | None) -> tuple[str, str]:
     """(task, question sent to the model) following the `auto` rules of the app."""
     question = p.question
     task = p.task
     if task == "auto":
-        if question and prompts.has_region and not is_grounding_request(question):
+        if question and prompts.has_region and not wants_mask(question):
             task = "region"
-        elif (question and is_grounding_request(question)) or (not question and segment):
+        elif (question and wants_mask(question)) or (not question and segment):
             task = "ground"
         elif question:
             task = "vqa"

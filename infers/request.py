@@ -25,6 +25,30 @@ class WindowParam(BaseModel):
         return v
 
 
+def _clean_text(v: str | None) -> str | None:
+    if v is None:
+        return v
+    if any((ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127 for ch in v):
+        raise ValueError("must not contain control characters")
+    return v.strip() or None
+
+
+class HistoryTurn(BaseModel):
+    """One earlier exchange of a chat about this slice (rendered before the new question)."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    answer: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+
+    @field_validator("question", "answer")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        v = _clean_text(v)
+        if v is None:
+            raise ValueError("must not be blank")
+        return v
+
+
 class InferParams(BaseModel):
     """The keys this app reads; anything else a client sends (client_id, device, ...) is ignored."""
 
@@ -39,7 +63,7 @@ class InferParams(BaseModel):
     scribble: list[Triple] | None = Field(default=None, max_length=4096)
     slice: int | None = None
     axis: int = 2
-    task: Literal["auto", "vqa", "region", "ground"] = "auto"
+    task: Literal["auto", "vqa", "region", "ground", "report"] = "auto"
     scope: Literal["slice", "volume"] = "slice"
     window: WindowParam | None = None
     largest_cc: bool = False
@@ -47,15 +71,25 @@ class InferParams(BaseModel):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     max_new_tokens: int | None = Field(default=None, ge=1, le=2048)
     result_extension: Literal[".nii.gz", ".nrrd", ".nii"] = ".nii.gz"
+    history: list[HistoryTurn] = Field(default_factory=list, max_length=64)  # the last 6 are used
+    box_format: Literal["medrega", "bird"] = "medrega"  # convention of `box_text` (both are always in `boxes`)
+    min_box_area: int = Field(default=10, ge=1, le=10_000_000)  # voxels; smaller components get no box
+    labels: list[str] | None = Field(default=None, max_length=64)  # structures a report grounds (default: app's)
 
     @field_validator("question", "label", "label_name")
     @classmethod
     def _text(cls, v: str | None) -> str | None:
+        return _clean_text(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str] | None) -> list[str] | None:
         if v is None:
             return v
-        if any((ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127 for ch in v):
-            raise ValueError("must not contain control characters")
-        return v.strip() or None
+        cleaned = [_clean_text(x) for x in v]
+        if any(x is None or len(x) > 200 for x in cleaned):
+            raise ValueError("each label must be a non-blank name of at most 200 characters")
+        return list(dict.fromkeys(cleaned)) or None
 
     @field_validator("foreground", "background", "scribble")
     @classmethod
@@ -84,7 +118,7 @@ class InferParams(BaseModel):
 
 def parse_params(request: dict[str, Any], defaults: dict[str, Any]) -> InferParams:
     """Merge config defaults (MONAI Label does not do it for a plain InferTask) and validate."""
-    merged = {k: (v[0] if isinstance(v, list) and k in ("task", "scope", "result_extension") else v)
+    merged = {k: (v[0] if isinstance(v, list) and k in ("task", "scope", "result_extension", "box_format") else v)
               for k, v in defaults.items()}
     for key, value in request.items():
         if value is None or value == "":
