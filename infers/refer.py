@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from medplib.boxes import FORMATS, PixelBox, format_boxes, parse_boxes
-from medplib.conversation import REGION_PLACEHOLDER, Turn
+from medplib.boxes import FORMATS, PixelBox, boxes_to_regions, format_boxes
+from medplib.conversation import Turn
 from medplib.regions import Box
 
 from medplib_label.geometry import PlaneMapper
@@ -32,30 +32,12 @@ def history_turns(p: InferParams) -> tuple[list[Turn], int]:
 def question_boxes(question: str | None, mapper: PlaneMapper) -> tuple[str | None, list[Box]]:
     """Replace every box written in the question (either convention) by a `<region>` marker; returns the new
     question and the boxes as model-plane regions (in order)."""
-    if not question or "<box>" not in question and "),(" not in question.replace(" ", ""):
+    if not question or ("<box>" not in question and "),(" not in question.replace(" ", "")):
         return question, []
-    shape = mapper.model_shape
     try:
-        found = parse_boxes(question, shape)
+        return boxes_to_regions(question, mapper.model_shape)
     except ValueError as exc:
         raise bad_request("question", str(exc)) from None
-    if not found:
-        return question, []
-    regions, pieces, last = [], [], 0
-    spans = sorted({tb.span for tb in found})
-    for start, end in spans:
-        pieces += [question[last:start], REGION_PLACEHOLDER]
-        last = end
-    pieces.append(question[last:])
-    for tb in found:
-        b = tb.box
-        x2, y2 = min(b.x2, shape[1]) - 1, min(b.y2, shape[0]) - 1
-        if x2 < b.x1 or y2 < b.y1:
-            raise bad_request("question", f"box {b.as_list()} has no pixel on the {shape[1]}x{shape[0]} slice")
-        regions.append(Box(b.x1, b.y1, x2, y2))
-    if len(spans) != len(regions):  # one <ref> group holding several boxes: one region marker per box
-        raise bad_request("question", "write one box per <ref>..</ref> group in a question")
-    return "".join(pieces), regions
 
 
 def slice_boxes(name: str, value: int, slice_mask: np.ndarray, mapper: PlaneMapper,

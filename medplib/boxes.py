@@ -127,6 +127,30 @@ def _boxes_in(body: str, phrase: str | None, shape, span) -> list[TextBox]:
     return out
 
 
+def boxes_to_regions(text: str, shape: tuple[int, int]) -> tuple[str, list]:
+    """Replace each `<ref>..</ref><box>..</box>` group (or bare BiRD box) in a question by a `<region>` marker;
+    returns the new text and one inclusive `regions.Box` per group, in order. Raises ValueError on bad boxes."""
+    from .regions import Box
+
+    found = parse_boxes(text, shape)
+    spans = sorted({tb.span for tb in found})
+    if len(spans) != len(found):
+        raise ValueError("write one box per <ref>..</ref> group in a question")
+    pieces, last = [], 0
+    for start, end in spans:
+        pieces += [text[last:start], "<region></region>"]
+        last = end
+    pieces.append(text[last:])
+    regions = []
+    for tb in sorted(found, key=lambda t: t.span):
+        b = tb.box
+        x2, y2 = min(b.x2, shape[1]) - 1, min(b.y2, shape[0]) - 1
+        if x2 < b.x1 or y2 < b.y1:
+            raise ValueError(f"box {b.as_list()} has no pixel on the {shape[1]}x{shape[0]} image")
+        regions.append(Box(b.x1, b.y1, x2, y2))
+    return "".join(pieces), regions
+
+
 # ---------------------------------------------------------------------- metrics
 def box_iou(a: PixelBox, b: PixelBox) -> float:
     ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
@@ -156,3 +180,9 @@ def hungarian_accuracy(pred: Sequence[PixelBox], gt: Sequence[PixelBox], thr: fl
     rows, cols = linear_sum_assignment(-iou)
     hits = sum(1 for r, c in zip(rows, cols) if iou[r, c] >= thr)
     return hits / max(len(pred), len(gt))
+
+
+def box_scores(pred: Sequence[PixelBox], gt: Sequence[PixelBox]) -> dict[str, float]:
+    """BiRD's Recall@0.5 and MedRegA's Acc@0.25/0.5/0.75 (Hungarian) for one sample."""
+    return {"recall50": recall_at(pred, gt, 0.5), **{f"acc{int(t * 100)}": hungarian_accuracy(pred, gt, t)
+                                                       for t in (0.25, 0.5, 0.75)}}

@@ -96,6 +96,23 @@ def summarise_grounding(records: list[dict], key: str = "modality") -> dict[str,
                            for k, v in sorted(groups.items())}}
 
 
+BOX_METRICS = ("recall50", "acc25", "acc50", "acc75")
+
+
+def summarise_boxes(records: list[dict], key: str = "modality") -> dict[str, Any]:
+    """Box Recall@0.5 (BiRD) and Acc@0.25/0.5/0.75 with Hungarian matching (MedRegA), overall and per `key`,
+    over the records that carry box scores."""
+    rs = [r for r in records if "recall50" in r]
+    groups: dict[str, list[dict]] = {}
+    for r in rs:
+        groups.setdefault(str(r.get(key)), []).append(r)
+
+    def block(items: list[dict]) -> dict[str, Any]:
+        return {"n": len(items), **{m: _mean(r[m] for r in items) for m in BOX_METRICS}}
+
+    return {**block(rs), f"per_{key}": {k: block(v) for k, v in sorted(groups.items())}}
+
+
 def score_answer(pred: str, gt: str, closed: bool) -> dict[str, Any]:
     """Per-sample text scores: `correct` for closed answers, F1/precision/recall/BLEU for open ones."""
     if closed:

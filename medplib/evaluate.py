@@ -23,8 +23,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .boxes import box_scores, boxes_to_regions, mask_boxes, parse_boxes
 from .eval_metrics import (closed_match, load_training_log, modality_of, plot_bars, plot_training_curves,
-                           score_answer, summarise_grounding, summarise_qa)
+                           score_answer, summarise_boxes, summarise_grounding, summarise_qa)
 from .metrics import dice_from_iou, iou
 
 _REGION_RE = re.compile(r"<region>(.*?)</region>", re.S)
@@ -41,7 +42,7 @@ class EvalTurn:
     sample_id: str
     turn: int
     image: str
-    kind: str  # "ground" | "region" | "vqa"
+    kind: str  # "ground" | "region" | "vqa" | "box" (answer holds <box> coordinates, Med-GRIT / MedRegA style)
     question: str
     answer: str
     closed: bool
@@ -99,7 +100,7 @@ def parse_entry(entry: dict, index: int, image_folder: str | os.PathLike, mask_f
         if missing:
             errors.append({"id": sample_id, "turn": t, "error": f"mask(s) not found: {missing}"})
             continue
-        kind = "ground" if masks or "<SEG>" in a else "region" if regions else "vqa"
+        kind = "ground" if masks or "<SEG>" in a else "box" if "<box>" in a else "region" if regions else "vqa"
         turns.append(EvalTurn(sample_id, t, image, kind, " ".join(q.split()), a, closed, regions, masks))
     return turns, errors
 
@@ -134,6 +135,15 @@ def binarise(answer: Any, threshold: float) -> np.ndarray:
     return np.asarray(logits) > math.log(t / (1 - t))  # == sigmoid(x) > t, without overflow
 
 
+def predicted_boxes(ans, preds: list[np.ndarray], shape: tuple[int, int], min_area: int = 10) -> list:
+    """Boxes the model answered with: written in its text if it wrote any, else those of its <SEG> masks."""
+    try:
+        written = [tb.box for tb in parse_boxes(ans.text, shape)]
+    except ValueError:
+        written = []
+    return written or [b for m in preds for b in mask_boxes(m, min_area)]
+
+
 def _seg_record(base: dict, index: int, pred: np.ndarray | None, gt: np.ndarray) -> dict:
     value = iou(pred, gt)
     return {**base, "seg_index": index, "predicted": pred is not None, "iou": value, "dice": dice_from_iou(value),
@@ -153,7 +163,7 @@ def evaluate_mecovqa(predictor, json_path: str | os.PathLike, image_folder: str 
         turns += t
         errors += e
     records: list[dict] = []
-    current = None
+    current, shape = None, (0, 0)
     for n, turn in enumerate(turns):
         if progress:
             progress(n, len(turns))
@@ -162,11 +172,16 @@ def evaluate_mecovqa(predictor, json_path: str | os.PathLike, image_folder: str 
         try:
             if turn.image != current:  # entries of one image share the encoders' work
                 current = None
-                predictor.set_image(load_image(turn.image))
-                current = turn.image
+                image = load_image(turn.image)
+                predictor.set_image(image)
+                current, shape = turn.image, tuple(image.shape[:2])
             regions = [load_mask(p) for p in turn.region_paths]
             gts = [load_mask(p) for p in turn.mask_paths]
-            ans = predictor.ask(turn.question, regions=regions, max_new_tokens=max_new_tokens)
+            question = turn.question
+            if "<box>" in question:  # Med-GRIT / MedRegA referring: the region is written as a box
+                question, boxes = boxes_to_regions(question, shape)
+                regions += boxes
+            ans = predictor.ask(question, regions=regions, max_new_tokens=max_new_tokens)
         except (OSError, ValueError) as exc:  # one unreadable file or mis-sized mask must not end a long run
             errors.append({"id": turn.sample_id, "turn": turn.turn, "error": f"{type(exc).__name__}: {exc}"})
             continue
@@ -175,15 +190,25 @@ def evaluate_mecovqa(predictor, json_path: str | os.PathLike, image_folder: str 
             preds = binarise(ans, threshold)
             for k, (gt, path) in enumerate(zip(gts, turn.mask_paths)):
                 records.append(_seg_record({**base, "mask": path}, k, preds[k] if k < len(preds) else None, gt))
+        elif turn.kind == "box":
+            try:
+                truth = [tb.box for tb in parse_boxes(turn.answer, shape)]
+            except ValueError as exc:
+                errors.append({"id": turn.sample_id, "turn": turn.turn, "error": f"answer boxes: {exc}"})
+                continue
+            records.append({**base, **box_scores(predicted_boxes(ans, binarise(ans, threshold), shape), truth)})
         else:
             records.append({**base, "closed": turn.closed, **score_answer(ans.text, turn.answer, turn.closed)})
     ground = [r for r in records if r["kind"] == "ground"]
     region = [r for r in records if r["kind"] == "region"]
     vqa = [r for r in records if r["kind"] == "vqa"]
+    boxes = [r for r in records if r["kind"] == "box"]
     return {"task": "mecovqa", "source": str(json_path), "threshold": threshold, "max_new_tokens": max_new_tokens,
             "counts": {"entries": len(entries), "turns": len(turns), "ground": len(ground), "region": len(region),
-                       "vqa": len(vqa), "errors": len(errors)},
+                       "vqa": len(vqa), "box": len(boxes), "errors": len(errors)},
             "grounding": summarise_grounding(ground, "modality"), "region_vqa": summarise_qa(region, "modality"),
+            # boxes: the <box> answers (detection), and the boxes of every grounded mask vs its truth mask's
+            "boxes": summarise_boxes(boxes, "modality"),
             "vqa": summarise_qa(vqa, "modality"), "samples": records, "errors": errors}
 
 
@@ -250,11 +275,14 @@ def evaluate_heldout(predictor, datastore, slice_step: int = 10, max_per_kind: i
             done += 1
             ans = predictor.ask(c.question, regions=c.regions, max_new_tokens=max_new_tokens)
             base = {"image_id": image_id, "axis": axis, "index": index, "plane": view.mapper.view,
-                    "kind": c.kind, "question": c.question, "answer": c.answer, "pred": ans.text}
+                    "kind": c.kind, "lang": c.lang, "question": c.question, "answer": c.answer, "pred": ans.text}
             if c.kind == "ground":
                 preds = binarise(ans, threshold)
-                records.append(_seg_record({**base, "structure": c.structure}, 0,
-                                           preds[0] if len(preds) else None, c.masks[0]))
+                rec = _seg_record({**base, "structure": c.structure}, 0, preds[0] if len(preds) else None,
+                                  c.masks[0])
+                shape = c.masks[0].shape
+                rec.update(box_scores(predicted_boxes(ans, preds[:1], shape), mask_boxes(c.masks[0])))
+                records.append(rec)
             else:
                 records.append({**base, "closed_kind": _closed_kind(c), "correct": closed_match(ans.text, c.answer)})
     ground = [r for r in records if r["kind"] == "ground"]
@@ -266,6 +294,12 @@ def evaluate_heldout(predictor, datastore, slice_step: int = 10, max_per_kind: i
     for r in closed:
         accuracy.setdefault(r["closed_kind"], []).append(float(r["correct"]))  # type: ignore[arg-type]
     accuracy = {k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(accuracy.items())}
+    by_lang = {}
+    for lang in sorted({r["lang"] for r in records}):
+        g = [r for r in ground if r["lang"] == lang]
+        c = [r for r in closed if r["lang"] == lang and r["closed_kind"] == "region_structure"]
+        by_lang[lang] = {"grounding": summarise_grounding(g, "structure"),
+                         "region_accuracy": {"n": len(c), "accuracy": _mean_or_none([r["correct"] for r in c])}}
     return {"task": "heldout", "source": str(getattr(datastore, "_datastore_path", "")), "slice_step": slice_step,
             "threshold": threshold, "max_new_tokens": max_new_tokens,
             "counts": {"slices": len(groups), "ground": len(ground), "closed": len(closed),
@@ -275,7 +309,15 @@ def evaluate_heldout(predictor, datastore, slice_step: int = 10, max_per_kind: i
             "mean_dice": float(np.mean(main)) if main else None,
             "closed_accuracy": accuracy,
             "closed_accuracy_overall": float(np.mean([r["correct"] for r in closed])) if closed else None,
+            # English and Chinese prompts separately (grounding and region questions are asked in both)
+            "by_language": by_lang,
+            # boxes of each grounded mask against the truth mask's components
+            "boxes": summarise_boxes(ground, "structure"),
             "samples": records}
+
+
+def _mean_or_none(values: list) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -327,12 +369,18 @@ def summary_table(report: dict[str, Any]) -> str:
         rows.append(("mean Dice (brain/GM/WM)", report.get("mean_dice")))
         rows += [(f"  {k} accuracy (n={v['n']})", v["accuracy"]) for k, v in report["closed_accuracy"].items()]
         rows.append(("closed accuracy", report.get("closed_accuracy_overall")))
+        for lang, v in (report.get("by_language") or {}).items():
+            rows += [(f"[{lang}] grounding mDice (n={v['grounding']['n']})", v["grounding"]["mdice"]),
+                     (f"[{lang}] region accuracy (n={v['region_accuracy']['n']})", v["region_accuracy"]["accuracy"])]
     else:
         for name in ("region_vqa", "vqa"):
             s = report.get(name) or {}
             rows += [(f"{name} closed acc (n={s['closed']['n']})", s["closed"]["accuracy"]),
                      (f"{name} open F1 (n={s['open']['n']})", s["open"]["f1"]),
                      (f"{name} open BLEU-4", s["open"]["bleu"])]
+    b = report.get("boxes") or {}
+    if b.get("n"):
+        rows += [(f"box {m} (n={b['n']})", b[m]) for m in ("recall50", "acc25", "acc50", "acc75")]
     rows.append(("counts", json.dumps(report.get("counts"))))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {fmt(value)}" for name, value in rows)

@@ -139,7 +139,8 @@ def test_mecovqa_metrics_hand_computed(mecovqa):
     stub = StubPredictor()
     report = evaluate_mecovqa(stub, json_path, root, threshold=0.1)
 
-    assert report["counts"] == {"entries": 7, "turns": 8, "ground": 3, "region": 2, "vqa": 3, "errors": 0}
+    assert report["counts"] == {"entries": 7, "turns": 8, "ground": 3, "region": 2, "vqa": 3, "box": 0,
+                                "errors": 0}
     # Consecutive entries on one image share one set_image; the images are the RGB renderings of the PNGs.
     assert len(stub.images) == 2
     assert all(im.shape == (H, W, 3) and im.dtype == np.uint8 for im in stub.images)
@@ -229,7 +230,8 @@ def test_cli_end_to_end_with_tiny_model(mecovqa, tmp_path, monkeypatch, capsys):
     report = main(["--model", "tiny", "--mecovqa", str(json_path), "--images", str(root), "--out", str(out),
                    "--max-new-tokens", "6", "--train-log", str(log)])
     assert "grounding mDice" in capsys.readouterr().out
-    assert report["counts"] == {"entries": 7, "turns": 8, "ground": 3, "region": 2, "vqa": 3, "errors": 0}
+    assert report["counts"] == {"entries": 7, "turns": 8, "ground": 3, "region": 2, "vqa": 3, "box": 0,
+                                "errors": 0}
     for r in report["samples"]:
         for key in ("iou", "dice", "f1", "bleu"):
             if key in r:
@@ -269,7 +271,9 @@ class OracleShapeStub(StubPredictor):
     def ask(self, question, regions=(), max_new_tokens=None, **_):
         h, w = self.images[-1].shape[:2]
         self.calls.append((question, list(regions)))
-        seg = any(word in question.lower() for word in ("segment", "where is"))
+        from medplib.bilingual import is_grounding_request_zh
+
+        seg = any(word in question.lower() for word in ("segment", "where is")) or is_grounding_request_zh(question)
         logits = np.full((1 if seg else 0, h, w), 5.0, np.float32)
         return SimpleNamespace(text="MR", mask_logits=logits, masks=logits > 0)
 
@@ -312,6 +316,9 @@ def test_heldout_with_tiny_model_and_plots(sample_datastore, tiny, tmp_path):
     assert predictor.counters["clip_encoder"] == report["counts"]["slices"] > 0  # set_image cached per slice
     assert set(report["grounding"]["per_structure"]) == {"brain", "grey matter", "white matter", "csf"}
     assert set(report["closed_accuracy"]) == {"modality", "plane", "body_part", "region_structure"}
+    assert set(report["by_language"]) == {"en", "zh"}  # grounding and region questions are asked in both
+    assert report["boxes"]["n"] == report["grounding"]["n"]
+    assert all(0.0 <= report["boxes"][m] <= 1.0 for m in ("recall50", "acc25", "acc50", "acc75"))
     values = [report["mean_dice"], report["closed_accuracy_overall"], report["grounding"]["miou"]]
     values += [v["accuracy"] for v in report["closed_accuracy"].values()]
     assert all(0.0 <= v <= 1.0 for v in values)
@@ -322,3 +329,50 @@ def test_heldout_with_tiny_model_and_plots(sample_datastore, tiny, tmp_path):
         with Image.open(files[name]) as im:
             im.verify()
     assert json.loads(files["report"].read_text())["task"] == "heldout"
+
+
+def test_box_answers_and_box_questions_med_grit_format(tmp_path):
+    """Med-GRIT / MedRegA-style turns: detection answers with <box> text (scored by Recall@0.5 and Hungarian
+    Acc@t, from the model's text boxes or else its masks) and referring questions whose region is a box."""
+    from medplib.regions import Box
+
+    root = tmp_path / "grit"
+    save_png(root / CT, np.zeros((H, W), np.uint8))
+    # truth: the liver box (cols 10..30, rows 10..20) on the 0..999 grid of a 60x40 image
+    entries = [
+        {"id": "d1", "image": CT, "conversations": [
+            {"from": "human", "value": "<image>\nPlease locate <ref>liver</ref>."},
+            {"from": "gpt", "value": "<ref>liver</ref><box>[[166, 250, 500, 500]]</box>"}]},
+        {"id": "d2", "image": CT, "conversations": [
+            {"from": "human", "value": "Segment the tumour."},
+            {"from": "gpt", "value": "<ref>tumour</ref><box>(667,125),(833,375)</box>"}]},
+        {"id": "q1", "image": CT, "answer_type": "closed", "conversations": [
+            {"from": "human", "value": "What is <ref>this</ref><box>[[166, 250, 500, 500]]</box>?"},
+            {"from": "gpt", "value": "liver"}]},
+    ]
+    path = tmp_path / "grit.json"
+    path.write_text(json.dumps(entries))
+
+    class BoxStub(StubPredictor):
+        """FAKE predictor: answers with known text boxes or masks so the box metrics are hand-computable."""
+
+        def ask(self, question, regions=(), max_new_tokens=None, **_):
+            self.calls.append((question, list(regions)))
+            if question == "Please locate <ref>liver</ref>.":  # a text box: cols 10..20, rows 10..20 -> IoU 0.5
+                return SimpleNamespace(text="<ref>liver</ref><box>(167,250),(333,500)</box>",
+                                       mask_logits=np.zeros((0, H, W), np.float32))
+            if question == "Segment the tumour.":  # no text box: its mask's box is used (exactly the truth)
+                return SimpleNamespace(text="Sure.", mask_logits=logits_of(TUMOUR_GT)[None])
+            return SimpleNamespace(text="liver", mask_logits=np.zeros((0, H, W), np.float32))
+
+    stub = BoxStub()
+    report = evaluate_mecovqa(stub, path, root)
+    assert report["counts"]["box"] == 2 and report["counts"]["errors"] == 0
+    rec = {r["id"]: r for r in report["samples"]}
+    assert rec["d1"]["recall50"] == 0.0 and rec["d1"]["acc25"] == 1.0 and rec["d1"]["acc50"] == 1.0
+    assert rec["d1"]["acc75"] == 0.0  # IoU exactly 0.5: Recall needs > 0.5, Acc@0.5 needs >= 0.5
+    assert all(rec["d2"][m] == 1.0 for m in ("recall50", "acc25", "acc50", "acc75"))
+    assert report["boxes"]["recall50"] == pytest.approx(0.5) and report["boxes"]["acc75"] == pytest.approx(0.5)
+    (question, regions), = [c for c in stub.calls if c[0].startswith("What is")]
+    assert question == "What is <region></region>?" and regions == [Box(10.0, 10.0, 29.0, 19.0)]
+    assert rec["q1"]["correct"] is True
