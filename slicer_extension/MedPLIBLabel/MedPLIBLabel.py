@@ -140,6 +140,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         self.ui.askButton.connect("clicked()", self.onAsk)
         self.ui.questionLineEdit.connect("returnPressed()", self.onAsk)
         self.ui.segmentVolumeButton.connect("clicked()", self.onSegmentVolume)
+        self.ui.reportButton.connect("clicked()", self.onReport)
         self.ui.undoButton.connect("clicked()", self.onUndo)
         self.ui.cancelButton.connect("clicked()", self.onCancel)
         self.ui.clearChatButton.connect("clicked()", self.onClearChat)
@@ -361,7 +362,10 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
     def onSegmentVolume(self) -> None:
         self.ask(scope="volume")
 
-    def ask(self, scope: str) -> None:
+    def onReport(self) -> None:
+        self.ask(scope="slice", task="report")
+
+    def ask(self, scope: str, task: str = "") -> None:
         if not self.requireConnection():
             return
         volume = self.ui.inputVolumeSelector.currentNode()
@@ -370,20 +374,23 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
             return
         question = self.ui.questionLineEdit.text.strip()
         segmentName = self.ui.segmentNameComboBox.currentText.strip()
+        task = task or self.ui.taskComboBox.currentText
+        if task == "report":  # the report grounds the server's labels by name; the typed text only sets its language
+            segmentName = ""
         if scope == "volume" and not (question or segmentName):
             slicer.util.warningDisplay("Type what to segment (a question or a segment name) for the whole volume.",
                                        windowTitle="MedPLIB Label")
             return
         imageId = self.logic.imageIdOf(volume, self.client.url)
         if not imageId:  # a local volume: upload it first (after the privacy confirmation), then ask
-            self.uploadVolume(then=lambda: self.ask(scope))
+            self.uploadVolume(then=lambda: self.ask(scope, task))
             return
         try:
-            prompts = self.logic.collectPrompts(volume) if scope == "slice" else []
+            prompts = self.logic.collectPrompts(volume) if scope == "slice" and task != "report" else []
             view = self.targetView(prompts)
             request = self.logic.buildRequest(volume, self.logic.sliceNodeForView(view), prompts, question=question,
-                                              segmentName=segmentName, task=self.ui.taskComboBox.currentText,
-                                              scope=scope, viewName=view)
+                                              segmentName=segmentName, task=task, scope=scope, viewName=view,
+                                              history=self.history)
         except (PromptError, ObliqueSliceError, SliceOutsideVolumeError, ValueError) as exc:
             slicer.util.warningDisplay(user_message(exc), windowTitle="MedPLIB Label")
             return
@@ -402,6 +409,11 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         volume = slicer.mrmlScene.GetNodeByID(context["volumeID"])
         segmentation = slicer.mrmlScene.GetNodeByID(context["segmentationID"])
         masks = {}
+        if volume is not None and result.boxes:
+            try:
+                self.logic.showBoxes(volume, result.boxes)
+            except Exception:  # boxes are a bonus: a failure here must not lose the answer or its masks
+                logger.exception("showing the answer's boxes failed")
         try:
             # has_masks is False for a text-only answer (seg_count 0): the server still attaches an empty label
             # volume, which must not wipe the slice of the named segment.

@@ -21,6 +21,7 @@ Slicer. Public API (names kept stable for ``MedPLIBLabel.py`` and the ``MedPLIBL
 * tasks:    fetch_sample, upload_file, submit_label, remove_file (worker-thread functions)
 * jobs:     BackgroundJob, JobRunner, JobCancelled, Busy
 * history:  ChatTurn, ChatHistory, UndoEntry, UndoStack
+* refer:    RoiSpec, rois_from_boxes, roi_corners, history_params, MAX_HISTORY_TURNS
 
 Typical flow in the Slicer module (MRML reads/writes on the main thread, HTTP in the job)::
 
@@ -50,6 +51,7 @@ from .protocol import (BoxPrompt, PointPrompt, PromptError, ScribblePrompt, buil
                        write_slice)
 from .jobs import BackgroundJob, Busy, JobCancelled, JobRunner  # noqa: F401
 from .history import ChatHistory, ChatTurn, UndoEntry, UndoStack  # noqa: F401
+from .refer import MAX_HISTORY_TURNS, RoiSpec, history_params, roi_corners, rois_from_boxes  # noqa: F401
 from .prompts import (VIEW_NAMES, choose_view, collect_prompts, prompt_counts, prompt_points,  # noqa: F401
                       prompt_summary, roi_is_defined, stroke_prompt, view_order)
 from .labels import SEGMENT_COLORS, label_values, segment_color, segments_to_label  # noqa: F401

@@ -25,7 +25,7 @@ __all__ = ["PointPrompt", "BoxPrompt", "ScribblePrompt", "Prompt", "PromptError"
            "numpy_axis", "slice_replacement", "read_slice", "write_slice", "masks_from_label",
            "label_outside_slice", "ijk_dims"]
 
-TASKS = ("auto", "vqa", "region", "ground")
+TASKS = ("auto", "vqa", "region", "ground", "report")
 SCOPES = ("slice", "volume")
 
 
@@ -104,14 +104,15 @@ def _window(window: Any) -> Optional[dict]:
 def build_infer_params(question: Optional[str], prompts: Sequence[Prompt], ijk_to_ras, slice_to_ras, parent=None,
                        task: str = "auto", scope: str = "slice", segment_name: Optional[str] = None,
                        window: Any = None, dims: Optional[Sequence[int]] = None, off_slice: str = "error",
-                       **extra: Any) -> dict:
+                       history: Optional[Sequence[Mapping[str, str]]] = None, **extra: Any) -> dict:
     """Server params for the prompts placed on the view ``slice_to_ras`` of a volume.
 
     ``axis``/``slice`` come from the view (raises :class:`~.geometry.ObliqueSliceError` for an oblique view);
     prompts become 0-based IJK voxels. ``dims``: the IJK shape, to reject prompts outside the image. A box is
     flattened onto the current slice along the view axis when it touches it. ``off_slice``: what to do with a
     point or scribble that is not on the current slice: "error" (raise :class:`PromptError`) or "drop".
-    ``window``: ``{"center", "width"}`` or ``(center, width)``. ``extra`` keys (``max_new_tokens``,
+    ``window``: ``{"center", "width"}`` or ``(center, width)``. ``history``: earlier ``{"question", "answer"}``
+    turns (see :func:`~.refer.history_params`), sent for follow-up questions. ``extra`` keys (``max_new_tokens``,
     ``threshold``, ``largest_cc``, ``result_extension``, ...) are passed through unless None.
     """
     if task not in TASKS:
@@ -134,6 +135,8 @@ def build_infer_params(question: Optional[str], prompts: Sequence[Prompt], ijk_t
     w = _window(window)
     if w:
         params["window"] = w
+    if history:
+        params["history"] = [{"question": str(t["question"]), "answer": str(t["answer"])} for t in history]
 
     prompts = list(prompts or [])
     if prompts and scope == "volume":

@@ -91,6 +91,8 @@ class InferResult:
     model: str = ""
     timings: dict = field(default_factory=dict)
     round_trip_ms: float = 0.0
+    boxes: list = field(default_factory=list)  # {"label", "ijk": [[min], [max]], "bird", "medrega", ...}
+    box_text: str = ""
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], label_path: Optional[str], round_trip_ms: float = 0.0):
@@ -103,7 +105,9 @@ class InferResult:
                    seg_count=int(p.get("seg_count") or 0), slice=p.get("slice"), axis=p.get("axis"),
                    latency_ms=None if total is None else float(total), task=str(p.get("task") or ""),
                    question=p.get("question"), view=str(p.get("view") or ""), scope=str(p.get("scope") or "slice"),
-                   model=str(p.get("model") or ""), timings=timings, round_trip_ms=round_trip_ms)
+                   model=str(p.get("model") or ""), timings=timings, round_trip_ms=round_trip_ms,
+                   boxes=[b for b in (p.get("boxes") or []) if isinstance(b, Mapping) and "ijk" in b],
+                   box_text=str(p.get("box_text") or ""))
 
     @property
     def has_masks(self) -> bool:

@@ -80,6 +80,7 @@ def button_states(connected: bool, busy: bool, has_volume: bool, has_model: bool
         "uploadVolumeButton": ready and has_volume,
         "askButton": ready and has_model and has_volume,
         "segmentVolumeButton": ready and has_model and has_volume,
+        "reportButton": ready and has_model and has_volume,
         "undoButton": can_undo and not busy,
         "submitLabelButton": ready and has_volume and has_segmentation,
         "trainButton": ready,
@@ -137,7 +138,7 @@ def shown_question(question: str, segment_name: str = "", scope: str = "slice", 
 
 # Modules of MedPLIBLabelLib, dependencies first (tests/test_slicer_module_static.py checks every file is listed).
 LIB_MODULE_ORDER = ("errors", "codec", "geometry", "protocol", "results", "labels", "prompts", "ui_state", "jobs",
-                    "history", "client", "tasks")
+                    "history", "refer", "client", "tasks")
 
 
 def reload_order(loaded: Iterable[str], lib: str = "MedPLIBLabelLib", slicer_pkg: str = "MedPLIBLabelSlicer",

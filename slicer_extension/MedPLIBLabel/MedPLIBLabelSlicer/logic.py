@@ -13,10 +13,10 @@ import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from MedPLIBLabelLib import (build_infer_params, choose_view, collect_prompts, label_outside_slice, label_values,
-                             masks_from_label, new_image_id, prompt_counts, prompt_points, roi_is_defined,
-                             segment_color, segments_to_label, shown_question, slice_axis_from_normal, slice_index,
-                             write_slice)
+from MedPLIBLabelLib import (build_infer_params, choose_view, collect_prompts, history_params, label_outside_slice,
+                             label_values, masks_from_label, new_image_id, prompt_counts, prompt_points,
+                             roi_is_defined, rois_from_boxes, segment_color, segments_to_label, shown_question,
+                             slice_axis_from_normal, slice_index, write_slice)
 
 logger = logging.getLogger("MedPLIBLabel")
 
@@ -198,15 +198,18 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
         return {"center": level, "width": width} if width > 0 else None
 
     def buildRequest(self, volume, sliceNode, prompts, question="", segmentName="", task="auto", scope="slice",
-                     viewName=""):
-        """(server params, context for applying the answer) for the prompts on ``sliceNode``'s current slice."""
+                     viewName="", history=None):
+        """(server params, context for applying the answer) for the prompts on ``sliceNode``'s current slice.
+        ``history``: the chat; the last turns about this slice go along so follow-up questions have context."""
         ijkToRas, parent, dims = self.volumeGeometry(volume)
         sliceToRas = self.sliceToRas(sliceNode)
-        params = build_infer_params(question, prompts, ijkToRas, sliceToRas, parent, task=task or "auto",
-                                    scope=scope, segment_name=segmentName or None,
-                                    window=self.displayedWindow(volume), dims=dims)
         axis, _ = slice_axis_from_normal(ijkToRas, sliceToRas, parent)
         index = slice_index(ijkToRas, sliceToRas, parent, dims=dims)
+        turns = (history_params(history, volume.GetID(), axis=axis, index=index)
+                 if history is not None and scope == "slice" and task != "report" else [])
+        params = build_infer_params(question, prompts, ijkToRas, sliceToRas, parent, task=task or "auto",
+                                    scope=scope, segment_name=segmentName or None,
+                                    window=self.displayedWindow(volume), dims=dims, history=turns or None)
         context = {"volumeID": volume.GetID(), "axis": axis, "index": index, "scope": scope,
                    "view": viewName or sliceNode.GetLayoutName(), "question": question,
                    "shownQuestion": shown_question(question, segmentName, scope, len(prompts)),
@@ -324,6 +327,28 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
                 written[name] = int(np.count_nonzero(mask))
         segmentation.Modified()
         return written
+
+    def showBoxes(self, volume, boxes) -> list:
+        """One ROI node per box of an answer, named after its phrase, oriented along the volume's IJK axes.
+        Earlier box nodes of the same names are replaced, so asking again does not pile them up."""
+        ijkToRas, parent, _ = self.volumeGeometry(volume)
+        nodes = []
+        for spec in rois_from_boxes(boxes, ijkToRas, parent):
+            old = slicer.mrmlScene.GetFirstNode(spec.name, "vtkMRMLMarkupsROINode")
+            if old is not None and old.GetAttribute("MedPLIB.Box") == "1":
+                removeNodeWithHelpers(old)
+            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", spec.name)
+            roi.SetAttribute("MedPLIB.Box", "1")
+            matrix = vtk.vtkMatrix4x4()
+            for r in range(4):
+                for c in range(4):
+                    matrix.SetElement(r, c, float(spec.object_to_world()[r, c]))
+            roi.SetAndObserveObjectToNodeMatrix(matrix)  # centre and axes; the size is along these axes
+            roi.SetCenter(*spec.center)  # the same centre, set the way every Slicer 5 release reads it
+            roi.SetSize(*spec.size)
+            roi.SetLocked(True)
+            nodes.append(roi)
+        return nodes
 
     def undoLast(self, undoStack) -> list:
         """Undo the most recent answer (all segments it wrote). Returns the names of the segments restored."""

@@ -38,6 +38,8 @@ class MedPLIBLabelTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_MedPLIBLabel_Geometry()
         self.setUp()
+        self.test_MedPLIBLabel_BoxRois()
+        self.setUp()
         self.test_MedPLIBLabel_AskAndUndo()
 
     # ------------------------------------------------------------------ helpers
@@ -120,6 +122,30 @@ class MedPLIBLabelTest(ScriptedLoadableModuleTest):
             got = slice_index(ijkToRas, logic.sliceToRas(sliceNode), parent, dims=dims)
             self.assertEqual(got, expected, f"{name}: Lib slice index {got} != Slicer {expected}")
         self.delayDisplay("Geometry test passed")
+
+    def test_MedPLIBLabel_BoxRois(self) -> None:
+        """An answer's IJK boxes become ROI nodes whose world bounds enclose exactly those voxels."""
+        self.delayDisplay("Boxes: ROI nodes from an answer's IJK boxes")
+        logic = MedPLIBLabelLogic()
+        volume = self.loadVolume()
+        boxes = [{"label": "white matter", "ijk": [[10, 12, 5], [30, 40, 5]]},
+                 {"label": "white matter", "ijk": [[2, 3, 5], [4, 6, 5]]}]
+        nodes = logic.showBoxes(volume, boxes)
+        self.assertEqual([n.GetName() for n in nodes], ["white matter", "white matter (2)"])
+        ijkToRas, parent, _ = logic.volumeGeometry(volume)
+        world = parent @ ijkToRas if parent is not None else ijkToRas
+        for node, box in zip(nodes, boxes):
+            lo, hi = (np.asarray(v, float) for v in box["ijk"])
+            centre = world[:3, :3] @ ((lo + hi) / 2) + world[:3, 3]
+            got = [0.0, 0.0, 0.0]
+            node.GetCenterWorld(got)
+            np.testing.assert_allclose(got, centre, atol=1e-3)
+            np.testing.assert_allclose(node.GetSize(), (hi - lo + 1) * np.linalg.norm(world[:3, :3], axis=0),
+                                       atol=1e-3)
+        self.assertEqual(len(logic.showBoxes(volume, boxes[:1])), 1)  # asking again replaces, not piles up
+        self.assertEqual(len([n for n in slicer.util.getNodesByClass("vtkMRMLMarkupsROINode")
+                              if n.GetName() == "white matter"]), 1)
+        self.delayDisplay("Box ROI test passed")
 
     def test_MedPLIBLabel_AskAndUndo(self) -> None:
         url = os.environ.get("MEDPLIB_LABEL_URL", DEFAULT_URL)
