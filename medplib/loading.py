@@ -197,6 +197,10 @@ def from_pretrained(folder: str | os.PathLike, device: str | torch.device = "cpu
     folder = Path(folder)
     if (folder / DELTA_NAME).is_file() and (folder / CONFIG_NAME).is_file():
         return load_delta(folder, device, dtype)
+    from .fsdp import has_sharded, load_sharded
+
+    if not (folder / WEIGHTS_NAME).is_file() and has_sharded(folder):  # written by FSDP training
+        return load_sharded(folder, device, dtype)
     for name in (CONFIG_NAME, LLM_CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} is not a MedPLIB checkpoint: missing {name}")

@@ -101,6 +101,14 @@ def compute_loss(model: MedPLIBForCausalLM, batch: list[TrainSample], weights: L
     if n_masks:
         bce, dice, focal = bce / n_masks, dice / n_masks, focal / n_masks
     loss = weights.ce * ce + weights.bce * bce + weights.dice * dice + weights.focal * focal
+    if getattr(model, "touch_unused", False):
+        # FSDP reduce-scatters the gradients of a unit only for the parameters that got one, and every rank must
+        # reduce the same set: give the root unit's trainable parameters a zero gradient even when this batch
+        # has no region (adapter) or no <SEG> (mask branch). Decoder layers do the same for idle experts.
+        touched = [p.reshape(-1)[:1].sum() for name, p in model.named_parameters()
+                   if p.requires_grad and not name.startswith("model.layers.")]
+        if touched:
+            loss = loss + 0.0 * torch.stack(touched).sum().to(loss.dtype)
     return {"loss": loss, "ce": ce.detach(), "bce": bce.detach(), "dice": dice.detach(),
             "focal": focal.detach(), "seg_count": torch.tensor(n_masks)}
 

@@ -82,8 +82,11 @@ class MoEFeedForward(nn.Module):
         counts = torch.bincount(choice, minlength=len(experts)).tolist()
         start = 0
         # Tokens sorted by expert: each expert runs once on a contiguous slice of its own tokens.
+        # In training every expert joins the graph, idle ones on zero tokens (zero gradients): data-parallel ranks
+        # must agree on which parameters have gradients (FSDP reduce-scatter, DDP without unused-parameter search).
+        keep_idle = self.training and torch.is_grad_enabled()
         for idx, count in enumerate(counts):
-            if count == 0:
+            if count == 0 and not keep_idle:
                 continue
             sel = order[start:start + count]
             start += count

@@ -5,6 +5,7 @@ Independent of MONAI Label: `trainers/medplib_train.py` feeds it conversations f
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ class TrainConfig:
     val_samples: int = 64
     grad_clip: float = 1.0
     seed: int = 0
+    fsdp: bool = False  # with several ranks: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -115,6 +117,17 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.cfg.seed)
         add_lora(self.model, self.cfg.lora)
+        self.fsdp = self.world > 1 and self.cfg.fsdp
+        if self.fsdp:
+            if self.cfg.mask_epochs:
+                raise ValueError("mask_epochs is not supported with fsdp: run the mask phase as a separate "
+                                 "(DDP or single-process) training job")
+            from .fsdp import shard
+
+            # rank 0 keeps an unsharded copy to validate and write the consolidated checkpoint it publishes
+            self._plain = copy.deepcopy(self.model).cpu() if self.rank == 0 else None
+            shard(self.model)
+            self.model.touch_unused = True  # every rank gives every trainable parameter a gradient
         stages = STAGE_ORDER[self.cfg.stage]
         start_stage, start_epoch = self._load_state()
         stopped = False
@@ -158,7 +171,7 @@ class Trainer:
             n_steps = min(n_steps, self.cfg.max_steps_per_epoch)
         self.model.train()
         net = self.model
-        if self.world > 1:
+        if self.world > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(self.model, find_unused_parameters=True,
@@ -172,6 +185,10 @@ class Trainer:
             out = net(batch, weights)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
+            if self.fsdp:
+                from .fsdp import mask_new_token_rows
+
+                mask_new_token_rows(self.model)
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             opt.step()
             for k in ("loss", "ce", "bce", "dice"):
@@ -181,13 +198,24 @@ class Trainer:
         return {k: v / max(n_steps, 1) for k, v in totals.items()}
 
     def _finish_epoch(self, stage: str, epoch: int, losses: dict, stage_index: int, next_epoch: int) -> None:
+        model = self.model
+        if getattr(self, "fsdp", False):  # every rank: its shards to disk, the full state gathered on rank 0
+            from .fsdp import full_state_dict, save_sharded
+
+            full = full_state_dict(self.model)
+            save_sharded(self.model, self.tok, self.out_dir / "checkpoints" / f"v{self.version + 1:04d}.sharded")
+            if self.rank == 0:
+                self._plain.load_state_dict(full)
+                model = self._plain
+            else:
+                self.version += 1
         if self.rank != 0:  # rank 0 validates, saves and publishes; the others wait for it
             torch.distributed.barrier()
             return
-        val = validate(self.model, self.tok, self.val[: self.cfg.val_samples])
+        val = validate(model, self.tok, self.val[: self.cfg.val_samples])
         self.version += 1
         ckpt = self.out_dir / "checkpoints" / f"v{self.version:04d}"
-        self.save(self.model, ckpt)
+        self.save(model, ckpt)
         score = val["score"]
         record = {"version": self.version, "stage": stage, "epoch": epoch + 1, **losses, **val,
                   "checkpoint": str(ckpt), "time": time.time()}

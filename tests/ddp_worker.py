@@ -1,4 +1,7 @@
-"""One rank of the DDP test (run by torchrun from tests/test_trainer.py): train one step, save its weights."""
+"""One rank of the DDP / FSDP tests (run by torchrun from tests/test_trainer.py): train one step, save weights.
+
+    python -m torch.distributed.run --nproc_per_node 2 -m tests.ddp_worker OUT_DIR [ddp|fsdp]
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from medplib.samples import make_sample
 from medplib.trainer import Example, TrainConfig, Trainer
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, mode: str = "ddp") -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -30,13 +33,38 @@ def main(out_dir: str) -> None:
                         (lambda q=q, a=a, r=r, m=m: make_sample(model.config, tok, img, q, a, regions=r, masks=m)),
                         r, m) for q, a, r, m in convs]
     cfg = TrainConfig(stage="moe", epochs=1, batch_size=1, max_steps_per_epoch=1, val_samples=0,
-                      lora=LoraSettings(r=2, alpha=4))
-    Trainer(model, tok, cfg, f"{out_dir}/run{rank}", examples, [], save=lambda m, p: None, progress=False).run()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    torch.save(state, f"{out_dir}/rank{rank}.pt")
+                      lora=LoraSettings(r=2, alpha=4), fsdp=mode == "fsdp")
+
+    def save(m, path):  # the consolidated checkpoint rank 0 publishes (LoRA merged)
+        import copy
+
+        from medplib.loading import save_pretrained
+        from medplib.lora import merge_lora
+
+        merged = copy.deepcopy(m)
+        merge_lora(merged)
+        save_pretrained(merged, tok, path)
+
+    # FSDP ranks share one run folder (the sharded checkpoint is written by all of them)
+    run_dir = f"{out_dir}/run" if mode == "fsdp" else f"{out_dir}/run{rank}"
+    Trainer(model, tok, cfg, run_dir, examples, [], save=save if rank == 0 else (lambda m, p: None),
+            progress=False).run()
+    if mode == "fsdp":
+        from torch.distributed.tensor import DTensor
+
+        from medplib.fsdp import full_state_dict
+
+        local = {k: tuple(v.to_local().shape) for k, v in model.state_dict().items() if isinstance(v, DTensor)}
+        torch.save(local, f"{out_dir}/fsdp_local{rank}.pt")
+        state = full_state_dict(model)
+        if rank == 0:
+            torch.save(state, f"{out_dir}/fsdp_full.pt")
+    else:
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        torch.save(state, f"{out_dir}/rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -97,13 +97,17 @@ def test_lora_delta_checkpoint_reloads_to_identical_outputs(tmp_path):
     assert answers[0].token_ids == answers[1].token_ids and answers[0].text == answers[1].text
 
 
-def test_ddp_two_gloo_ranks_end_with_identical_weights(tmp_path):
+def _torchrun(out_dir, mode: str, port: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           "--master_port=29633", "-m", "tests.ddp_worker", str(tmp_path)]
+           f"--master_port={port}", "-m", "tests.ddp_worker", str(out_dir), mode]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
                           cwd=str(Path(__file__).resolve().parents[1]))
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_ddp_two_gloo_ranks_end_with_identical_weights(tmp_path):
+    _torchrun(tmp_path, "ddp", 29633)
     s0, s1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert s0.keys() == s1.keys()
     for key in s0:
@@ -159,3 +163,35 @@ def test_mask_phase_caches_seg_states_with_inference_routing(tmp_path, monkeypat
     Trainer(model, tok, cfg, tmp_path, _examples(model, tok), [], save=lambda m, p: None, progress=False).run()
     assert seen and all(f is None for f in seen)
     assert all(layer.mlp.force_expert is None for layer in model.model.layers)  # and none left after the run
+
+
+def test_fsdp_two_gloo_ranks_match_ddp_and_sharded_checkpoint_loads(tmp_path):
+    """FSDP2 on 2 gloo ranks: each rank holds half of the sharded tensors, one step gives DDP's weights, and the
+    sharded checkpoint (one file per rank) loads in a single process to the consolidated checkpoint's outputs."""
+    _torchrun(tmp_path / "ddp", "ddp", 29634)
+    _torchrun(tmp_path / "fsdp", "fsdp", 29635)
+    ddp = torch.load(tmp_path / "ddp" / "rank0.pt")
+    full = torch.load(tmp_path / "fsdp" / "fsdp_full.pt")
+    assert full.keys() == ddp.keys()
+    for key in ddp:
+        torch.testing.assert_close(full[key], ddp[key], rtol=1e-5, atol=1e-6, msg=key)
+    local = [torch.load(tmp_path / "fsdp" / f"fsdp_local{r}.pt") for r in (0, 1)]
+    assert local[0].keys() == local[1].keys() and len(local[0]) >= len(full) - 1  # all but a buffer sharded
+    for name, shape in local[0].items():  # dim 0 split between the ranks
+        assert shape[0] + local[1][name][0] == full[name].shape[0] and shape[1:] == full[name].shape[1:], name
+    assert any(local[0][k][0] < full[k].shape[0] for k in local[0])
+
+    ckpts = tmp_path / "fsdp" / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["v0001", "v0001.sharded"]
+    assert len(list((ckpts / "v0001.sharded" / "sharded").glob("*.distcp"))) == 2  # one shard file per rank
+    consolidated, tok = from_pretrained(ckpts / "v0001")
+    sharded, _ = from_pretrained(ckpts / "v0001.sharded")  # what the app does with a sharded folder
+    img = (synthetic_image() * 255).astype(np.uint8)
+    outs = []
+    for m in (consolidated, sharded):
+        pred = MedPLIBPredictor(m, tok)
+        pred.set_image(np.repeat(img[:, :, None], 3, axis=2))
+        ans = pred.ask("Please segment the liver.", max_new_tokens=6)
+        outs.append((ans.text, ans.mask_logits))
+    assert outs[0][0] == outs[1][0]
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-4)

@@ -47,7 +47,7 @@ class MedPLIBTrainTask(TrainTask):
         return {"name": "train_01", "stage": ["all", "vqa", "ground", "moe"], "epochs": 1, "batch_size": 2,
                 "lr": 3e-4, "lora_r": 8, "train_encoders": False, "mask_epochs": 0, "max_steps_per_epoch": 0,
                 "slice_step": 4, "val_slice_step": 6, "val_samples": 32, "resume": True, "multi_gpu": False,
-                "nproc": 2, "seed": 0}
+                "fsdp": False, "nproc": 2, "seed": 0}
 
     def stats(self) -> dict:
         path = self.model_dir / "train_stats.json"
@@ -70,13 +70,15 @@ class MedPLIBTrainTask(TrainTask):
                           lr=float(req["lr"]), lora=LoraSettings(r=int(req["lora_r"]), alpha=2 * int(req["lora_r"])),
                           train_encoders=_bool(req["train_encoders"]), mask_epochs=int(req["mask_epochs"]),
                           max_steps_per_epoch=int(req["max_steps_per_epoch"]) or None,
-                          val_samples=int(req["val_samples"]), seed=int(req["seed"]))
+                          val_samples=int(req["val_samples"]), seed=int(req["seed"]), fsdp=_bool(req["fsdp"]))
+        if cfg.fsdp and cfg.mask_epochs:
+            raise ValueError("fsdp and mask_epochs cannot be combined: run the mask phase as a second job")
         return cfg, req
 
     def __call__(self, request: dict[str, Any], datastore):
         cfg, req = self.request_config(request)
         paths = RunPaths(self.model_dir, str(req["name"]), self.publish_as)
-        if _bool(req["multi_gpu"]):
+        if _bool(req["multi_gpu"]) or cfg.fsdp:  # FSDP shards across ranks: always under torchrun
             return self._torchrun(datastore, cfg, req, paths)
         return run_training(datastore, self.model_spec, paths, cfg, slice_step=int(req["slice_step"]),
                             val_slice_step=int(req["val_slice_step"]), resume=_bool(req["resume"]),
