@@ -11,8 +11,8 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from medplib.bilingual import to_zh
-from medplib.conversation import grounding_question
+from medplib.bilingual import GROUND_ANSWER_ZH, is_chinese, to_zh
+from medplib.conversation import GROUND_ANSWER, grounding_question
 from medplib.preprocess import Window, logit
 
 from medplib_label.engine import MedPLIBEngine
@@ -145,7 +145,7 @@ class MedPLIBInfer(InferTask):
                 pred, cached = self.engine.predictor(key, mapper.extract(vol.array), window)
                 pred.mask_threshold = threshold
                 ans = pred.ask(question, **_ask_kwargs(task, prompts), history=history,
-                               max_new_tokens=p.max_new_tokens)
+                               max_new_tokens=p.max_new_tokens, draft_answer=_draft(task, question))
         label = np.zeros(vol.shape, np.uint8)
         names, values = self._mask_names(ans.seg_count, segment, question or "")
         logit_thr = logit(threshold)
@@ -247,6 +247,13 @@ def _ask_kwargs(task: str, prompts: PlanePrompts) -> dict[str, Any]:
         # Clicks and the ROI refine the grounded mask through SAM's own point/box prompts.
         return {"points": prompts.points, "point_labels": prompts.point_labels, "box": prompts.box}
     return {}
+
+
+def _draft(task: str, question: str | None) -> str | None:
+    """The answer a grounding request is trained to get: checked in one forward pass (exact greedy result)."""
+    if task != "ground":
+        return None
+    return GROUND_ANSWER_ZH if question and is_chinese(question) else GROUND_ANSWER
 
 
 def _position(text: str, name: str) -> int:

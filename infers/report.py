@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medplib.bilingual import is_chinese, to_zh
-from medplib.conversation import grounding_question
+from medplib.conversation import GROUND_ANSWER, grounding_question
 from medplib.preprocess import Window, logit
 
 from medplib_label.geometry import PlaneMapper
@@ -58,7 +58,7 @@ def slice_report(task, request, p: InferParams, vol: Volume, window: Window, tar
         pred, cached = task.engine.predictor(key, mapper.extract(vol.array), window)
         pred.mask_threshold = threshold
         for name in targets:
-            ans = pred.ask(grounding_question(name), max_new_tokens=p.max_new_tokens)
+            ans = pred.ask(grounding_question(name), max_new_tokens=p.max_new_tokens, draft_answer=GROUND_ANSWER)
             if ans.seg_count:
                 mask = mapper.plane_to_slice(ans.mask_logits[0], logits=True) > logit(threshold)
                 if mask.sum() >= p.min_box_area:

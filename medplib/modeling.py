@@ -185,11 +185,17 @@ class MedPLIBForCausalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, inputs_embeds: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 generator: torch.Generator | None = None, past_key_values=None) -> Generation:
+                 generator: torch.Generator | None = None, past_key_values=None,
+                 draft: list[int] | None = None) -> Generation:
         """Greedy (temperature 0) or sampled decoding of one sequence [1, L, H].
 
         The hidden state that *predicts* <SEG> is the one the original trains `text_hidden_fcs` on, so it is
         taken from the very step whose output is <SEG> (this avoids the original's off-by-one in evaluate()).
+
+        `draft` (greedy only): the answer the caller expects, e.g. the grounding template. It is checked in one
+        forward pass: the longest prefix the model itself would have produced greedily is accepted, and decoding
+        goes on one token at a time from the first disagreement. The tokens are exactly those of plain greedy
+        decoding; a grounding answer costs one pass instead of one per token.
         """
         t0 = time.perf_counter()
         hidden, past = self.run_llm(inputs_embeds, past_key_values=past_key_values, use_cache=True)
@@ -197,7 +203,11 @@ class MedPLIBForCausalLM(nn.Module):
         t1 = time.perf_counter()
         tokens: list[int] = []
         seg_states: list[torch.Tensor] = []
-        for _ in range(max_new_tokens):
+        if draft and temperature <= 1e-4 and max_new_tokens > 0:
+            done, h, past = self._verify_draft(draft[:max_new_tokens], h, past, tokens, seg_states)
+            if done:
+                return self._generation(tokens, seg_states, h, t0, t1)
+        while len(tokens) < max_new_tokens:
             logits = self.lm_head(h).float()
             if temperature > 1e-4:
                 probs = torch.softmax(logits / temperature, dim=-1)
@@ -213,9 +223,35 @@ class MedPLIBForCausalLM(nn.Module):
             emb = self.model.embed_tokens(next_id.view(1, 1))
             hidden, past = self.run_llm(emb, past_key_values=past, use_cache=True)
             h = hidden[:, -1]
+        return self._generation(tokens, seg_states, h, t0, t1)
+
+    def _generation(self, tokens, seg_states, h, t0, t1) -> Generation:
         t2 = time.perf_counter()
         seg = torch.stack(seg_states) if seg_states else h.new_zeros((0, h.shape[-1]))
         return Generation(tokens, seg, {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3})
+
+    def _verify_draft(self, draft: list[int], h, past, tokens: list[int], seg_states: list) -> tuple[bool, object, object]:
+        """Run the draft in one pass; append the accepted tokens (and the model's own next token). Returns
+        (finished, hidden state to decode from, cache holding exactly the emitted tokens)."""
+        start = past.get_seq_length()
+        emb = self.model.embed_tokens(torch.tensor([draft], device=h.device))
+        hidden, past = self.run_llm(emb, past_key_values=past, use_cache=True)
+        states = torch.cat([h[:, None], hidden], dim=1)[0]  # states[i] predicts token i
+        predicted = self.lm_head(states).float().argmax(dim=-1).tolist()
+        for i, tok in enumerate(predicted[:len(draft)]):
+            tokens.append(tok)
+            if tok == self.seg_token_id:
+                seg_states.append(states[i])
+            if tok == self.eos_token_id:
+                _keep(past, start + i + 1)
+                return True, states[i + 1][None], past
+            if tok != draft[i]:  # the model disagrees: its own token is emitted, decoding resumes after it
+                _keep(past, start + i)
+                hidden, past = self.run_llm(self.model.embed_tokens(torch.tensor([[tok]], device=h.device)),
+                                            past_key_values=past, use_cache=True)
+                return False, hidden[:, -1], past
+        # the whole draft was accepted without an end of sequence: go on from its last state
+        return False, states[len(draft)][None], past
 
     # ----------------------------------------------------------------- masks
     def seg_to_prompt(self, seg_hidden: torch.Tensor) -> torch.Tensor:
@@ -230,6 +266,13 @@ class MedPLIBForCausalLM(nn.Module):
         dtype = sam.mask_decoder.iou_token.weight.dtype
         return sam.decode(image_embedding.to(dtype), text_embeds=None if text_embeds is None else text_embeds.to(dtype),
                           points=points, boxes=boxes, multimask_output=False)
+
+
+def _keep(past, length: int) -> None:
+    """Crop a KV cache to its first `length` positions (transformers' crop takes how many to drop)."""
+    extra = past.get_seq_length() - length
+    if extra > 0:
+        past.crop(-extra)
 
 
 def token_ids_from_tokenizer(tokenizer) -> dict[str, int]:

@@ -96,12 +96,14 @@ class MedPLIBPredictor:
     def ask(self, question: str, regions: Sequence[Region] = (), points: np.ndarray | None = None,
             point_labels: np.ndarray | None = None, box: Sequence[float] | None = None,
             history: Sequence[Turn] = (), max_new_tokens: int | None = None, temperature: float = 0.0,
-            seed: int | None = None) -> Answer:
+            seed: int | None = None, draft_answer: str | None = None) -> Answer:
         """Answer a question about the cached image.
 
         regions: region prompts (Point/Box/Scribble/mask) pooled into the question, one `<region>` each.
         points/point_labels/box: native SAM prompts in (row, col) / (x1, y1, x2, y2) image pixels, added to the
         mask decoder together with each <SEG> embedding.
+        draft_answer: the answer expected (e.g. the grounding template), verified in one forward pass; the result
+        is exactly that of greedy decoding (see `MedPLIBForCausalLM.generate`).
         """
         feats = self._require_image()
         t0 = time.perf_counter()
@@ -121,8 +123,12 @@ class MedPLIBPredictor:
         gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         past, rest = self._prefill(ids, feats) if self.prefix_cache else (None, ids)
         embeds = self.model.embed_sequence(rest, None if past is not None else feats.image_tokens, region_feats)
+        draft = None
+        if draft_answer:
+            eos = self.tokenizer.eos_token or "</s>"
+            draft = self.tokenizer.encode(f" {draft_answer}{eos}", add_special_tokens=False)  # as in training
         out = self.model.generate(embeds.unsqueeze(0), max_new_tokens or self.model.config.max_new_tokens,
-                                  temperature, gen, past_key_values=past)
+                                  temperature, gen, past_key_values=past, draft=draft)
         if past is not None:
             extra = past.get_seq_length() - self._prefix[2]
             if extra > 0:  # drop this question's tokens; the image prefix stays for the next one
