@@ -56,6 +56,7 @@ class MoEFeedForward(nn.Module):
         # Training stages II/III of the paper train one expert as a dense FFN: route every token to it, still
         # scaled by its gate probability so the output stays continuous with the MoE stage that follows.
         self.force_expert: int | None = None
+        self.keep_idle_experts = False  # set by FSDP training
 
     @property
     def num_experts(self) -> int:
@@ -82,9 +83,10 @@ class MoEFeedForward(nn.Module):
         counts = torch.bincount(choice, minlength=len(experts)).tolist()
         start = 0
         # Tokens sorted by expert: each expert runs once on a contiguous slice of its own tokens.
-        # In training every expert joins the graph, idle ones on zero tokens (zero gradients): data-parallel ranks
-        # must agree on which parameters have gradients (FSDP reduce-scatter, DDP without unused-parameter search).
-        keep_idle = self.training and torch.is_grad_enabled()
+        # Under FSDP every expert joins the graph, idle ones on zero tokens: ranks must agree on which parameters
+        # get a gradient (FSDP reduce-scatters per unit). Off otherwise: a zero gradient is not "no gradient" for
+        # Adam (its step count moves on), so single-process and DDP training keep idle experts out.
+        keep_idle = self.keep_idle_experts and self.training and torch.is_grad_enabled()
         for idx, count in enumerate(counts):
             if count == 0 and not keep_idle:
                 continue

@@ -128,6 +128,8 @@ class Trainer:
             self._plain = copy.deepcopy(self.model).cpu() if self.rank == 0 else None
             shard(self.model)
             self.model.touch_unused = True  # every rank gives every trainable parameter a gradient
+            for moe in self._moes():
+                moe.keep_idle_experts = True
         stages = STAGE_ORDER[self.cfg.stage]
         start_stage, start_epoch = self._load_state()
         stopped = False
