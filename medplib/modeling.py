@@ -230,7 +230,8 @@ class MedPLIBForCausalLM(nn.Module):
         seg = torch.stack(seg_states) if seg_states else h.new_zeros((0, h.shape[-1]))
         return Generation(tokens, seg, {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3})
 
-    def _verify_draft(self, draft: list[int], h, past, tokens: list[int], seg_states: list) -> tuple[bool, object, object]:
+    def _verify_draft(self, draft: list[int], h, past, tokens: list[int],
+                      seg_states: list) -> tuple[bool, object, object]:
         """Run the draft in one pass; append the accepted tokens (and the model's own next token). Returns
         (finished, hidden state to decode from, cache holding exactly the emitted tokens)."""
         start = past.get_seq_length()

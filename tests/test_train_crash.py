@@ -38,7 +38,8 @@ def test_killed_training_keeps_the_published_model(sample_datastore, fitted_tiny
     model_dir = tmp_path / "model"
     published = save_pretrained(model, tok, model_dir / "tiny") / "model.safetensors"
     digest = _sha(published)
-    with start_server(APP_DIR, sample_datastore, {"model": "tiny", "model_dir": str(model_dir), "device": "cpu"}) as srv:
+    conf = {"model": "tiny", "model_dir": str(model_dir), "device": "cpu"}
+    with start_server(APP_DIR, sample_datastore, conf) as srv:
         http = httpx.Client(base_url=srv.url, timeout=120)
         ask = {"params": json.dumps({"question": "What modality is this?", "slice": 90})}
         assert http.post("/infer/medplib?image=mni152_t1&output=json", data=ask).json()["model"] == str(
