@@ -97,6 +97,9 @@ class MedPLIBForCausalLM(nn.Module):
         self.seg_token_id = token_ids[SEG_TOKEN]
         self.eos_token_id = token_ids["eos"]
         self.base_vocab_size = token_ids[SEG_TOKEN]  # MedPLIB's tokens are appended after the base vocabulary
+        # Decoded ids are read back to the host every `sync_every` steps (0: every step on CPU, every 8 on GPU,
+        # where a read-back stalls the launch queue); steps computed after an end of sequence are discarded.
+        self.sync_every = 0
 
     def forward(self, batch, weights=None) -> dict[str, torch.Tensor]:
         """Training forward: the loss dict of `medplib.losses.compute_loss` (lets DDP wrap the model)."""
@@ -207,23 +210,43 @@ class MedPLIBForCausalLM(nn.Module):
             done, h, past = self._verify_draft(draft[:max_new_tokens], h, past, tokens, seg_states)
             if done:
                 return self._generation(tokens, seg_states, h, t0, t1)
-        while len(tokens) < max_new_tokens:
+        sync_every = self.sync_every if self.sync_every else (1 if h.device.type == "cpu" else 8)
+        ids: list[torch.Tensor] = []  # on the device; read back every `sync_every` steps (no per-token sync)
+        states: list[torch.Tensor] = []
+        while len(tokens) + len(ids) < max_new_tokens:
             logits = self.lm_head(h).float()
             if temperature > 1e-4:
                 probs = torch.softmax(logits / temperature, dim=-1)
                 next_id = torch.multinomial(probs, 1, generator=generator)[:, 0]
             else:
                 next_id = logits.argmax(dim=-1)
-            tok = int(next_id)
-            tokens.append(tok)
-            if tok == self.seg_token_id:
-                seg_states.append(h[0])
-            if tok == self.eos_token_id:
-                break
+            ids.append(next_id)
+            states.append(h[0])
+            if len(ids) == sync_every or len(tokens) + len(ids) == max_new_tokens:
+                if self._flush(ids, states, tokens, seg_states):
+                    break
             emb = self.model.embed_tokens(next_id.view(1, 1))
             hidden, past = self.run_llm(emb, past_key_values=past, use_cache=True)
             h = hidden[:, -1]
+        self._flush(ids, states, tokens, seg_states)
         return self._generation(tokens, seg_states, h, t0, t1)
+
+    def _flush(self, ids: list, states: list, tokens: list[int], seg_states: list) -> bool:
+        """Move decoded ids to the host (one sync); keep what precedes the first end of sequence. True at EOS."""
+        if not ids:
+            return False
+        values = torch.cat(ids).tolist()
+        finished = False
+        for tok, state in zip(values, states):
+            tokens.append(tok)
+            if tok == self.seg_token_id:
+                seg_states.append(state)
+            if tok == self.eos_token_id:
+                finished = True
+                break
+        ids.clear()
+        states.clear()
+        return finished
 
     def _generation(self, tokens, seg_states, h, t0, t1) -> Generation:
         t2 = time.perf_counter()

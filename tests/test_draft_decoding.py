@@ -36,3 +36,21 @@ def test_draft_respects_max_new_tokens(fitted_tiny):
     for n in (1, 2, 3):
         assert pred.ask("Please segment the liver.", max_new_tokens=n, draft_answer=GROUND_ANSWER).token_ids == \
             pred.ask("Please segment the liver.", max_new_tokens=n).token_ids
+
+
+@pytest.mark.parametrize("sync_every", [2, 3, 8])
+def test_reading_ids_back_every_k_steps_gives_the_same_answer(fitted_tiny, sync_every):
+    """The GPU setting (no host sync per token) forced on CPU: same tokens, same <SEG> states and masks."""
+    model, tok, img, _, _ = fitted_tiny
+    pred = MedPLIBPredictor(model, tok)
+    pred.set_image(img)
+    questions = ["Please segment the liver.", "Segment the liver and the spleen.", "What modality is this?"]
+    reference = [pred.ask(q, max_new_tokens=n) for q in questions for n in (3, 12)]
+    model.sync_every = sync_every
+    try:
+        got = [pred.ask(q, max_new_tokens=n) for q in questions for n in (3, 12)]
+    finally:
+        model.sync_every = 0
+    for a, b in zip(reference, got):
+        assert a.token_ids == b.token_ids
+        np.testing.assert_allclose(a.mask_logits, b.mask_logits, rtol=1e-5, atol=1e-5)
