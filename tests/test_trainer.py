@@ -195,3 +195,25 @@ def test_fsdp_two_gloo_ranks_match_ddp_and_sharded_checkpoint_loads(tmp_path):
         outs.append((ans.text, ans.mask_logits))
     assert outs[0][0] == outs[1][0]
     np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-4)
+
+
+def test_two_node_rendezvous_trains_like_one_node(tmp_path):
+    """Multi-node launch as documented (torchrun --nnodes 2, one process per node, c10d rendezvous), both
+    "nodes" on this machine: the ranks end with identical weights, equal to the single-node 2-process run."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    out = tmp_path / "nodes"
+    cmds = [[sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={n}",
+             "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:29636", "--rdzv_id=medplib-test",
+             "-m", "tests.ddp_worker", str(out), "ddp"] for n in (0, 1)]
+    procs = [subprocess.Popen(c, env=env, cwd=str(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in cmds]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    _torchrun(tmp_path / "one", "ddp", 29637)
+    s0, s1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    single = torch.load(tmp_path / "one" / "rank0.pt")
+    for key in s0:
+        torch.testing.assert_close(s0[key], s1[key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(s0[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
