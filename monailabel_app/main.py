@@ -25,13 +25,13 @@ import os
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 
 from fastapi import HTTPException
 from monailabel.config import settings as ml_settings
 
 from medplib_label.datastore import SafeLocalDatastore
 from medplib_label.engine import EngineSettings, MedPLIBEngine
+from medplib_label.strategies import RandomStrategy
 from medplib_label.infers.medplib_infer import MedPLIBInfer
 from medplib_label.trainers.medplib_train import MedPLIBTrainTask
 from medplib_label.trainers.uncertainty import MedPLIBUncertaintyScoring, UncertaintyStrategy
@@ -105,7 +105,7 @@ class MedPLIBApp(MONAILabelApp):
 
     def init_strategies(self):
         # "uncertainty" reads scores stored in the datastore by the scoring method below; it never runs the model.
-        return {"random": Random(), "first": First(), "uncertainty": UncertaintyStrategy()}
+        return {"random": RandomStrategy(), "first": First(), "uncertainty": UncertaintyStrategy()}
 
     def init_scoring_methods(self):
         structures = [name for name in self.label_map if name != "target"]
