@@ -34,7 +34,8 @@ def run_schemathesis(url: str, examples: int, seed: int = 0, timeout: float = 18
            "--suppress-health-check", "all", "--generation-database", "none"]
     for name in EXCLUDED:
         cmd += ["--exclude-name", name]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory() as work:  # st keeps a crash cache (.schemathesis/) in its working dir
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work)
     out = proc.stdout + proc.stderr
     generated = re.search(r"(\d+) generated", out)
     errors = re.search(r"Server error: (\d+)", out)
