@@ -151,10 +151,10 @@ class MedPLIBInfer(InferTask):
         logit_thr = logit(threshold)
         for i, value in enumerate(values):
             slice_logits = mapper.plane_to_slice(ans.mask_logits[i], logits=True)
-            _paste(label, mapper, slice_logits > logit_thr, value)
+            mapper.slice_view(label)[slice_logits > logit_thr] = value
         boxes = []
         for name, value in names.items():
-            boxes += slice_boxes(name, value, _slice_of(label, mapper) == value, mapper, p.min_box_area)
+            boxes += slice_boxes(name, value, mapper.slice_view(label) == value, mapper, p.min_box_area)
         t_model = time.perf_counter()
         path = write_label(label, vol, p.result_extension)
         t_end = time.perf_counter()
@@ -165,11 +165,12 @@ class MedPLIBInfer(InferTask):
                 latency[stage] = 0.0
         result = {
             "answer": ans.text, "task": task, "question": question,
-            "label_names": names if names else {segment or self._name_in(question or "") or self._default_name(): 1},
+            "label_names": names or {segment or self._name_in(question or "") or self._default_name(): 1},
             "seg_count": ans.seg_count, "axis": p.axis, "slice": k, "view": mapper.view,
             "prompts_used": {**prompts.used, "window": {"center": window.center, "width": window.width}},
             "features_cached": cached, "iou_predictions": ans.iou_predictions,
-            "boxes": boxes, "box_format": p.box_format, "box_text": box_text(boxes, p.box_format),
+            "boxes": boxes, "box_format": p.box_format,
+            "box_text": box_text(boxes, p.box_format, mapper.model_shape),
             "history_used": len(history), "history_dropped": dropped,
             "latency_ms": {k: round(v, 2) for k, v in latency.items()},
             "model": self.engine.model_name(),
@@ -231,8 +232,8 @@ class MedPLIBInfer(InferTask):
         if segment:
             ordered = [segment]
         else:
-            found = sorted((_position(question, name), name) for name in self.app_labels
-                           if _position(question, name) >= 0)
+            positions = {name: _position(question, name) for name in self.app_labels}
+            found = sorted((at, name) for name, at in positions.items() if at >= 0)
             # Drop names contained in a longer hit ("matter" inside "white matter").
             ordered = [nm for _, nm in found if not any(nm != other and nm in other for _, other in found)]
             ordered = ordered or [self._default_name()]
@@ -260,18 +261,6 @@ def _position(text: str, name: str) -> int:
     """Where a structure is named in a question, by its English name or its Chinese term (-1: not named)."""
     hits = [i for i in (text.lower().find(name.lower()), text.find(to_zh(name))) if i >= 0]
     return min(hits) if hits else -1
-
-
-def _slice_of(label: np.ndarray, mapper: PlaneMapper) -> np.ndarray:
-    index = [slice(None)] * 3
-    index[mapper.axis] = mapper.index
-    return label[tuple(index)]
-
-
-def _paste(label: np.ndarray, mapper: PlaneMapper, mask2d: np.ndarray, value: int) -> None:
-    index = [slice(None)] * 3
-    index[mapper.axis] = mapper.index
-    label[tuple(index)][mask2d] = value
 
 
 def _looks_like_file(value: str) -> bool:

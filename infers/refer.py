@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from medplib.boxes import FORMATS, PixelBox, boxes_to_regions, format_boxes
+from medplib.boxes import FORMATS, PixelBox, boxes_to_regions, components, format_boxes, slices_box
 from medplib.conversation import Turn
 from medplib.regions import Box
 
@@ -46,23 +46,15 @@ def slice_boxes(name: str, value: int, slice_mask: np.ndarray, mapper: PlaneMapp
     first: inclusive IJK corners, and the same component's box on the model plane in both text conventions."""
     from scipy import ndimage
 
-    comps, n = ndimage.label(slice_mask > 0, structure=np.ones((3, 3), bool))
-    if n == 0:
+    comps, found = components(slice_mask, min_area)
+    if not found:
         return []
-    sizes = ndimage.sum_labels(slice_mask > 0, comps, index=np.arange(1, n + 1))
-    volume = np.zeros(mapper.shape, np.int32)  # the components on their slice, seen on the model plane
-    index = [slice(None)] * 3
-    index[mapper.axis] = mapper.index
-    volume[tuple(index)] = comps
-    plane = mapper.extract_labels(volume)
+    on_plane = ndimage.find_objects(mapper.slice_labels_to_plane(comps), max_label=int(comps.max()))
     out = []
-    for cid in np.argsort(-sizes, kind="stable") + 1:
-        if sizes[cid - 1] < min_area:
-            continue
-        entry: dict[str, Any] = {"label": name, "value": value, "voxels": int(sizes[cid - 1]),
-                                 "ijk": _ijk_box(_bbox(comps == cid), mapper)}
-        if (plane == cid).any():
-            pb = _bbox(plane == cid)
+    for cid, size, sl in found:
+        entry: dict[str, Any] = {"label": name, "value": value, "voxels": size, "ijk": _ijk_box(sl, mapper)}
+        if on_plane[cid - 1] is not None:  # a one-voxel component may vanish when the slice is downsampled
+            pb = slices_box(on_plane[cid - 1])
             entry["plane"] = pb.as_list()
             for convention in FORMATS:
                 entry[convention] = format_boxes(name, [pb], mapper.model_shape, convention)
@@ -70,47 +62,31 @@ def slice_boxes(name: str, value: int, slice_mask: np.ndarray, mapper: PlaneMapp
     return out
 
 
-def _bbox(mask: np.ndarray) -> PixelBox:
-    rows, cols = np.nonzero(mask)
-    return PixelBox(float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
-
-
-def _ijk_box(b: PixelBox, mapper: PlaneMapper) -> list[list[int]]:
-    """A box on the slice array (rows, cols = the two other axes in order) -> inclusive IJK [min, max]."""
+def _ijk_box(sl: tuple, mapper: PlaneMapper) -> list[list[int]]:
+    """Bounding slices on the slice array (the two other axes in IJK order) -> inclusive IJK [min, max]."""
     other = [a for a in range(3) if a != mapper.axis]
     lo, hi = [0, 0, 0], [0, 0, 0]
     lo[mapper.axis] = hi[mapper.axis] = int(mapper.index)
-    lo[other[0]], hi[other[0]] = int(b.y1), int(b.y2) - 1
-    lo[other[1]], hi[other[1]] = int(b.x1), int(b.x2) - 1
+    for axis, s in zip(other, sl):
+        lo[axis], hi[axis] = int(s.start), int(s.stop) - 1
     return [lo, hi]
 
 
-def box_text(boxes: list[dict[str, Any]], convention: str) -> str:
-    """All boxes of a response in one convention, grouped by label: `<ref>name</ref><box>..</box>` each."""
-    by_label: dict[str, list[str]] = {}
+def box_text(boxes: list[dict[str, Any]], convention: str, shape: tuple[int, int],
+             names: dict[str, str] | None = None) -> str:
+    """The boxes of a response (those with a model-plane box) in one text convention. MedRegA: one `<ref>` per
+    structure holding all its boxes; BiRD: one `<ref>..</ref><box>..</box>` per box. `names` renames phrases."""
+    grouped: dict[str, list[PixelBox]] = {}
     for b in boxes:
-        if convention in b:
-            by_label.setdefault(b["label"], []).append(b[convention])
-    if convention == "medrega":  # one <ref> per label, all its boxes in one [[..], [..]] list
-        merged = []
-        for name, texts in by_label.items():
-            inner = ", ".join(t.split("<box>[", 1)[1].rsplit("]</box>", 1)[0] for t in texts)
-            merged.append(f"<ref>{name}</ref><box>[{inner}]</box>")
-        return " ".join(merged)
-    return " ".join(t for texts in by_label.values() for t in texts)
+        if "plane" in b:
+            grouped.setdefault(b["label"], []).append(PixelBox(*b["plane"]))
+    groups = [(names.get(n, n) if names else n, bs) for n, bs in grouped.items()]
+    if convention == "medrega":
+        return " ".join(format_boxes(n, bs, shape, convention) for n, bs in groups)
+    return " ".join(format_boxes(n, [b], shape, convention) for n, bs in groups for b in bs)
 
 
 def volume_boxes(name: str, value: int, mask: np.ndarray, min_area: int) -> list[dict[str, Any]]:
-    """3D boxes of a volume mask, one per 26-connected component of at least `min_area` voxels."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return []
-    sizes = ndimage.sum_labels(mask > 0, labels, index=np.arange(1, n + 1))
-    out = []
-    for idx, sl in enumerate(ndimage.find_objects(labels)):
-        if sl is not None and sizes[idx] >= min_area:
-            out.append((sizes[idx], {"label": name, "value": value, "voxels": int(sizes[idx]),
-                                     "ijk": [[s.start for s in sl], [s.stop - 1 for s in sl]]}))
-    return [b for _, b in sorted(out, key=lambda t: -t[0])]
+    """3D boxes of a volume mask, one per 26-connected component of at least `min_area` voxels, largest first."""
+    return [{"label": name, "value": value, "voxels": size, "ijk": [[s.start for s in sl], [s.stop - 1 for s in sl]]}
+            for _, size, sl in components(mask, min_area)[1]]

@@ -27,22 +27,17 @@ from .request import InferParams
 from .volume_scope import ground_volume
 
 
-def _line(name: str, boxes: list[dict], convention: str, measure: str, zh: bool) -> str:
+def _line(name: str, boxes: list[dict], convention: str, shape, measure: str, zh: bool) -> str:
     """The report line of one structure: its largest component's box (every box is in the response's `boxes`)."""
-    shown = [dict(b, label=to_zh(name) if zh else name) for b in boxes[:1]]
-    for b in shown:  # re-render the text boxes with the shown name
-        for key in ("medrega", "bird"):
-            if key in b:
-                b[key] = b[key].replace(f"<ref>{name}</ref>", f"<ref>{b['label']}</ref>", 1)
-    text = box_text(shown, convention) or f"<ref>{shown[0]['label'] if shown else name}</ref>"
+    shown = to_zh(name) if zh else name
+    text = box_text(boxes[:1], convention, shape, names={name: shown}) or f"<ref>{shown}</ref>"
     return f"{text}: {measure}"
 
 
-def _paint(shape, masks: list[tuple[int, np.ndarray]]) -> np.ndarray:
-    label = np.zeros(shape, np.uint8)
+def _paint(target: np.ndarray, masks: list[tuple[int, np.ndarray]]) -> None:
+    """Write the masks into `target` (a volume, or a slice view of one), largest first."""
     for value, mask in sorted(masks, key=lambda vm: -int(vm[1].sum())):
-        label[mask] = value
-    return label
+        target[mask] = value
 
 
 def slice_report(task, request, p: InferParams, vol: Volume, window: Window, targets: list[str], threshold: float,
@@ -63,27 +58,24 @@ def slice_report(task, request, p: InferParams, vol: Volume, window: Window, tar
                 mask = mapper.plane_to_slice(ans.mask_logits[0], logits=True) > logit(threshold)
                 if mask.sum() >= p.min_box_area:
                     found.append((name, mask))
-    lines, names, boxes, rows, masks3d = [], {}, [], [], []
+    lines, names, boxes, rows = [], {}, [], []
     for value, (name, mask) in enumerate(found, start=1):
         b = slice_boxes(name, value, mask, mapper, p.min_box_area)
         area = float(mask.sum()) * pixel_mm2
         measure = f"面积 {area:.1f} mm²" if zh else f"{area:.1f} mm² on this slice"
-        lines.append(_line(name, b, p.box_format, measure, zh))
+        lines.append(_line(name, b, p.box_format, mapper.model_shape, measure, zh))
         names[name] = value
         boxes += b
         rows.append({"label": name, "value": value, "area_mm2": round(area, 2), "boxes": len(b)})
-        plane = np.zeros(vol.shape, bool)
-        index = [slice(None)] * 3
-        index[p.axis] = k
-        plane[tuple(index)] = mask
-        masks3d.append((value, plane))
-    label = _paint(vol.shape, masks3d)
+    label = np.zeros(vol.shape, np.uint8)
+    _paint(mapper.slice_view(label), [(value, mask) for value, (_, mask) in enumerate(found, start=1)])
     path = write_label(label, vol, p.result_extension)
     return path, {
         "answer": "\n".join(lines) if lines else ("未发现所列结构。" if zh else "None of the structures was found."),
         "task": "report", "report": rows, "label_names": names, "boxes": boxes, "box_format": p.box_format,
-        "box_text": box_text(boxes, p.box_format), "seg_count": len(found), "axis": p.axis, "slice": k,
-        "view": mapper.view, "targets": targets, "features_cached": cached, "model": task.engine.model_name(),
+        "box_text": box_text(boxes, p.box_format, mapper.model_shape), "seg_count": len(found), "axis": p.axis,
+        "slice": k, "view": mapper.view, "targets": targets, "features_cached": cached,
+        "model": task.engine.model_name(),
         "latency_ms": {"total": round((time.perf_counter() - t_start) * 1e3, 2)},
     }
 
@@ -104,18 +96,18 @@ def volume_report(task, request, p: InferParams, vol: Volume, window: Window, ta
         areas = mask.sum(axis=tuple(a for a in range(3) if a != p.axis))
         k = int(np.argmax(areas))  # the slice where the structure is largest carries its text box
         mapper = PlaneMapper.create(vol.shape, vol.spacing, vol.direction, p.axis, k)
-        index = [slice(None)] * 3
-        index[p.axis] = k
-        on_slice = slice_boxes(name, value, mask[tuple(index)], mapper, p.min_box_area)[:1]
+        on_slice = slice_boxes(name, value, mapper.slice_view(mask), mapper, p.min_box_area)[:1]
         ml = float(mask.sum()) * voxel_ml
         measure = f"体积 {ml:.2f} mL" if zh else f"{ml:.2f} mL"
-        lines.append(_line(name, on_slice, p.box_format, measure, zh))
+        lines.append(_line(name, on_slice, p.box_format, mapper.model_shape, measure, zh))
         names[name] = value
         boxes += volume_boxes(name, value, mask, p.min_box_area)
         rows.append({"label": name, "value": value, "volume_ml": round(ml, 3), "box_slice": k,
-                     "box_text": box_text(on_slice, p.box_format)})
+                     "box_text": box_text(on_slice, p.box_format, mapper.model_shape)})
         masks.append((value, mask))
-    path = write_label(_paint(vol.shape, masks), vol, p.result_extension)
+    label = np.zeros(vol.shape, np.uint8)
+    _paint(label, masks)
+    path = write_label(label, vol, p.result_extension)
     return path, {
         "answer": "\n".join(lines) if lines else ("未发现所列结构。" if zh else "None of the structures was found."),
         "task": "report", "scope": "volume", "report": rows, "label_names": names, "boxes": boxes,

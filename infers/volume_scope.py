@@ -73,9 +73,7 @@ def ground_volume(engine: MedPLIBEngine, vol: Volume, axis: int, window: Window,
             hit = False
             for m in masks:
                 mask2d = mapper.plane_to_slice(m, logits=True) > logit_thr
-                index = [slice(None)] * 3
-                index[axis] = k
-                label[tuple(index)] |= mask2d
+                mapper.slice_view(label)[...] |= mask2d
                 hit = hit or bool(mask2d.any())
             with_mask += int(hit)
     if keep_largest and label.any():

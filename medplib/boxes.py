@@ -49,21 +49,29 @@ class TextBox:
     span: tuple[int, int]  # where the whole `<ref>..</ref><box>..</box>` group sits in the text
 
 
-def mask_boxes(mask: np.ndarray, min_area: int = 10) -> list[PixelBox]:
-    """One box per 8-connected component of at least `min_area` pixels, largest component first."""
+def components(mask: np.ndarray, min_area: int = 1) -> tuple[np.ndarray, list[tuple[int, int, tuple]]]:
+    """Fully connected components (8-connected in 2D, 26 in 3D): the label image and, largest first, each
+    component of at least `min_area` pixels as (label, size, bounding slices)."""
     from scipy import ndimage
 
     mask = np.asarray(mask) > 0
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
     if n == 0:
-        return []
-    areas = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-    out = []
-    for idx, sl in enumerate(ndimage.find_objects(labels)):
-        if sl is not None and areas[idx] >= min_area:
-            out.append((areas[idx], PixelBox(float(sl[1].start), float(sl[0].start), float(sl[1].stop),
-                                             float(sl[0].stop))))
-    return [b for _, b in sorted(out, key=lambda t: -t[0])]
+        return labels, []
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    found = [(i + 1, int(sizes[i]), sl) for i, sl in enumerate(ndimage.find_objects(labels))
+             if sl is not None and sizes[i] >= min_area]
+    return labels, sorted(found, key=lambda c: -c[1])
+
+
+def slices_box(sl: tuple) -> PixelBox:
+    """The edge box of 2D bounding slices (rows, cols)."""
+    return PixelBox(float(sl[1].start), float(sl[0].start), float(sl[1].stop), float(sl[0].stop))
+
+
+def mask_boxes(mask: np.ndarray, min_area: int = 10) -> list[PixelBox]:
+    """One box per 8-connected component of at least `min_area` pixels, largest component first."""
+    return [slices_box(sl) for _, _, sl in components(mask, min_area)[1]]
 
 
 def to_grid(box: PixelBox, shape: tuple[int, int], convention: str) -> list[int]:

@@ -83,7 +83,17 @@ class PlaneMapper:
 
     def extract_labels(self, volume: np.ndarray) -> np.ndarray:
         """Integer labels on the model plane by nearest neighbour (pixel centres), the inverse of `paste`."""
-        plane = self._orient(np.take(volume, self.index, axis=self.axis))
+        return self.slice_labels_to_plane(np.take(volume, self.index, axis=self.axis))
+
+    def slice_view(self, volume: np.ndarray) -> np.ndarray:
+        """This slice of an IJK volume as a writable view (the two other axes in IJK order)."""
+        index = [slice(None)] * 3
+        index[self.axis] = self.index
+        return volume[tuple(index)]
+
+    def slice_labels_to_plane(self, labels: np.ndarray) -> np.ndarray:
+        """Integer labels of this slice (as `slice_view` holds them) on the model plane, nearest neighbour."""
+        plane = self._orient(labels)
         if self.model_shape == self.plane_shape:
             return np.ascontiguousarray(plane)
         rows = np.minimum(((np.arange(self.model_shape[0]) + 0.5) / self.row_scale).astype(int),
@@ -166,8 +176,4 @@ class PlaneMapper:
 
     def paste(self, volume_label: np.ndarray, plane: np.ndarray, value: int = 1) -> None:
         """Write a binary model-plane mask into `volume_label` (IJK) at this slice, with label `value`."""
-        sl = self.plane_to_slice(plane > 0)
-        index = [slice(None)] * 3
-        index[self.axis] = self.index
-        target = volume_label[tuple(index)]
-        target[sl] = value
+        self.slice_view(volume_label)[self.plane_to_slice(plane > 0)] = value
