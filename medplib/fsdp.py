@@ -38,8 +38,9 @@ def shard(model, device_mesh=None) -> None:
 
 def mask_new_token_rows(model) -> None:
     """Keep the pretrained vocabulary rows frozen under FSDP. Unsharded, a gradient hook on the embedding does it
-    (`lora._mask_rows`); FSDP writes the sharded gradients itself, so zero those rows there, shard by shard."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    (`lora._mask_rows`); FSDP writes the sharded gradients itself, so zero those rows in each rank's shard."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     weights = [model.model.embed_tokens.weight]
     if not model.llm_config.tie_word_embeddings:
@@ -48,12 +49,13 @@ def mask_new_token_rows(model) -> None:
         g = w.grad
         if not w.requires_grad or g is None:
             continue
-        mask = torch.zeros(w.shape[0], 1, dtype=g.dtype, device=g.device if not isinstance(g, DTensor)
-                           else g.to_local().device)
-        mask[model.base_vocab_size:] = 1
         if isinstance(g, DTensor):
-            mask = distribute_tensor(mask.expand(w.shape[0], w.shape[1]).contiguous(), g.device_mesh, g.placements)
-        g.mul_(mask)
+            local = g.to_local()
+            _, offset = compute_local_shape_and_global_offset(g.shape, g.device_mesh, g.placements)
+            first = offset[0]  # global index of this shard's first row (FSDP shards dim 0)
+        else:
+            local, first = g, 0
+        local[: max(0, min(model.base_vocab_size - first, local.shape[0]))] = 0
 
 
 def is_sharded(model) -> bool:
