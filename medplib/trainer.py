@@ -49,6 +49,11 @@ class TrainConfig:
     seed: int = 0
     fsdp: bool = False  # with several ranks: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
 
+    def __post_init__(self) -> None:
+        if self.fsdp and self.mask_epochs:
+            raise ValueError("fsdp and mask_epochs cannot be combined: the cached-<SEG> mask phase runs on one "
+                             "device; run it as a second (DDP or single-process) training job")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lora"] = self.lora.to_dict()
@@ -92,6 +97,7 @@ class Trainer:
         dist = torch.distributed
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world > 1 else 0
+        self.fsdp = self.world > 1 and cfg.fsdp
 
     # ------------------------------------------------------------------ resume
     def _state_path(self) -> Path:
@@ -117,11 +123,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.cfg.seed)
         add_lora(self.model, self.cfg.lora)
-        self.fsdp = self.world > 1 and self.cfg.fsdp
         if self.fsdp:
-            if self.cfg.mask_epochs:
-                raise ValueError("mask_epochs is not supported with fsdp: run the mask phase as a separate "
-                                 "(DDP or single-process) training job")
             from .fsdp import shard
 
             # rank 0 keeps an unsharded copy to validate and write the consolidated checkpoint it publishes
@@ -201,7 +203,7 @@ class Trainer:
 
     def _finish_epoch(self, stage: str, epoch: int, losses: dict, stage_index: int, next_epoch: int) -> None:
         model = self.model
-        if getattr(self, "fsdp", False):  # every rank: its shards to disk, the full state gathered on rank 0
+        if self.fsdp:  # every rank: its shards to disk, the full state gathered on rank 0
             from .fsdp import full_state_dict, save_sharded
 
             full = full_state_dict(self.model)

@@ -71,8 +71,6 @@ class MedPLIBTrainTask(TrainTask):
                           train_encoders=_bool(req["train_encoders"]), mask_epochs=int(req["mask_epochs"]),
                           max_steps_per_epoch=int(req["max_steps_per_epoch"]) or None,
                           val_samples=int(req["val_samples"]), seed=int(req["seed"]), fsdp=_bool(req["fsdp"]))
-        if cfg.fsdp and cfg.mask_epochs:
-            raise ValueError("fsdp and mask_epochs cannot be combined: run the mask phase as a second job")
         return cfg, req
 
     def __call__(self, request: dict[str, Any], datastore):
