@@ -23,7 +23,6 @@ REGION_QUESTIONS_ZH = ("这是什么结构？", "<region>标记的是什么结�
 
 _CJK_RE = re.compile(r"[\u3400-\u9fff]")
 _GROUND_ZH_RE = re.compile(r"(分割|勾画|勾勒|圈出|标出|描绘|掩码|轮廓)")
-_REGION_ZH_RE = re.compile(r"(什么结构|是什么|哪个结构|哪种结构|标记的|所指)")
 
 
 def is_chinese(text: str) -> bool:
@@ -37,18 +36,3 @@ def to_zh(name: str) -> str:
 
 def is_grounding_request_zh(text: str) -> bool:
     return bool(_GROUND_ZH_RE.search(text))
-
-
-def is_region_question_zh(text: str) -> bool:
-    return bool(_REGION_ZH_RE.search(text))
-
-
-def find_label(text: str, labels: list[str]) -> str | None:
-    """The app label a (Chinese or English) question names: the longest label or glossary term found in it."""
-    hits = []
-    low = text.lower()
-    for label in labels:
-        for term in {label.lower(), to_zh(label)}:
-            if term and term in low:
-                hits.append((len(term), label))
-    return max(hits)[1] if hits else None

@@ -58,12 +58,6 @@ def mask_new_token_rows(model) -> None:
         local[: max(0, min(model.base_vocab_size - first, local.shape[0]))] = 0
 
 
-def is_sharded(model) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def full_state_dict(model) -> dict[str, torch.Tensor]:
     """The whole state on rank 0 (CPU); an empty dict on the other ranks. Every rank must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
