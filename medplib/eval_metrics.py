@@ -81,7 +81,7 @@ def modality_of(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- aggregates
-def _mean(values: Iterable[float]) -> float | None:
+def mean_or_none(values: Iterable[float]) -> float | None:
     values = list(values)
     return float(sum(values) / len(values)) if values else None
 
@@ -91,9 +91,10 @@ def summarise_grounding(records: list[dict], key: str = "modality") -> dict[str,
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(str(r.get(key)), []).append(r)
-    return {"n": len(records), "miou": _mean(r["iou"] for r in records), "mdice": _mean(r["dice"] for r in records),
-            f"per_{key}": {k: {"n": len(v), "miou": _mean(r["iou"] for r in v), "mdice": _mean(r["dice"] for r in v)}
-                           for k, v in sorted(groups.items())}}
+    def block(rs: list[dict]) -> dict[str, Any]:
+        return {"n": len(rs), "miou": mean_or_none(r["iou"] for r in rs), "mdice": mean_or_none(r["dice"] for r in rs)}
+
+    return {**block(records), f"per_{key}": {k: block(v) for k, v in sorted(groups.items())}}
 
 
 BOX_METRICS = ("recall50", "acc25", "acc50", "acc75")
@@ -108,7 +109,7 @@ def summarise_boxes(records: list[dict], key: str = "modality") -> dict[str, Any
         groups.setdefault(str(r.get(key)), []).append(r)
 
     def block(items: list[dict]) -> dict[str, Any]:
-        return {"n": len(items), **{m: _mean(r[m] for r in items) for m in BOX_METRICS}}
+        return {"n": len(items), **{m: mean_or_none(r[m] for r in items) for m in BOX_METRICS}}
 
     return {**block(rs), f"per_{key}": {k: block(v) for k, v in sorted(groups.items())}}
 
@@ -128,8 +129,8 @@ def summarise_qa(records: list[dict], key: str = "modality") -> dict[str, Any]:
         closed = [r for r in rs if r["closed"]]
         opened = [r for r in rs if not r["closed"]]
         return {"n": len(rs),
-                "closed": {"n": len(closed), "accuracy": _mean(float(r["correct"]) for r in closed)},
-                "open": {"n": len(opened), **{m: _mean(r[m] for r in opened)
+                "closed": {"n": len(closed), "accuracy": mean_or_none(float(r["correct"]) for r in closed)},
+                "open": {"n": len(opened), **{m: mean_or_none(r[m] for r in opened)
                                               for m in ("f1", "precision", "recall", "bleu", "bleu1")}}}
 
     groups: dict[str, list[dict]] = {}

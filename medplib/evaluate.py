@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .boxes import box_scores, boxes_to_regions, mask_boxes, parse_boxes
-from .eval_metrics import (closed_match, load_training_log, modality_of, plot_bars, plot_training_curves,
+from .eval_metrics import (closed_match, mean_or_none, load_training_log, modality_of, plot_bars, plot_training_curves,
                            score_answer, summarise_boxes, summarise_grounding, summarise_qa)
 from .metrics import dice_from_iou, iou
 
@@ -207,7 +207,7 @@ def evaluate_mecovqa(predictor, json_path: str | os.PathLike, image_folder: str 
             "counts": {"entries": len(entries), "turns": len(turns), "ground": len(ground), "region": len(region),
                        "vqa": len(vqa), "box": len(boxes), "errors": len(errors)},
             "grounding": summarise_grounding(ground, "modality"), "region_vqa": summarise_qa(region, "modality"),
-            # boxes: the <box> answers (detection), and the boxes of every grounded mask vs its truth mask's
+            # the <box> answers (detection), scored against the boxes written in the reference answers
             "boxes": summarise_boxes(boxes, "modality"),
             "vqa": summarise_qa(vqa, "modality"), "samples": records, "errors": errors}
 
@@ -299,7 +299,7 @@ def evaluate_heldout(predictor, datastore, slice_step: int = 10, max_per_kind: i
         g = [r for r in ground if r["lang"] == lang]
         c = [r for r in closed if r["lang"] == lang and r["closed_kind"] == "region_structure"]
         by_lang[lang] = {"grounding": summarise_grounding(g, "structure"),
-                         "region_accuracy": {"n": len(c), "accuracy": _mean_or_none([r["correct"] for r in c])}}
+                         "region_accuracy": {"n": len(c), "accuracy": mean_or_none(float(r["correct"]) for r in c)}}
     return {"task": "heldout", "source": str(getattr(datastore, "_datastore_path", "")), "slice_step": slice_step,
             "threshold": threshold, "max_new_tokens": max_new_tokens,
             "counts": {"slices": len(groups), "ground": len(ground), "closed": len(closed),
@@ -314,10 +314,6 @@ def evaluate_heldout(predictor, datastore, slice_step: int = 10, max_per_kind: i
             # boxes of each grounded mask against the truth mask's components
             "boxes": summarise_boxes(ground, "structure"),
             "samples": records}
-
-
-def _mean_or_none(values: list) -> float | None:
-    return float(np.mean(values)) if values else None
 
 
 # ---------------------------------------------------------------------------------------------- report
