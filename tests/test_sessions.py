@@ -4,7 +4,6 @@ safety: a tar or zip whose members leave the session folder is refused before an
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 import zipfile
 from pathlib import Path
