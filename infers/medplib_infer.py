@@ -141,11 +141,11 @@ class MedPLIBInfer(InferTask):
             question = pred._last_answer.prompt.rsplit("USER:", 1)[-1].replace("ASSISTANT:", "").strip()
         else:
             task, question = resolve_task(p, prompts, segment)
-            with self.engine.lock:
-                pred, cached = self.engine.predictor(key, mapper.extract(vol.array), window)
-                pred.mask_threshold = threshold
-                ans = pred.ask(question, **_ask_kwargs(task, prompts), history=history,
-                               max_new_tokens=p.max_new_tokens, draft_answer=_draft(task, question))
+            # Batched with other clients' questions when several arrive together (the masks are thresholded
+            # below with this request's threshold, from the logits).
+            ans, cached = self.engine.ask(key, mapper.extract(vol.array), window, question,
+                                          **_ask_kwargs(task, prompts), history=history,
+                                          max_new_tokens=p.max_new_tokens, draft_answer=_draft(task, question))
         label = np.zeros(vol.shape, np.uint8)
         names, values = self._mask_names(ans.seg_count, segment, question or "")
         logit_thr = logit(threshold)

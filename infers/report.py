@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medplib.batch_ask import AskJob, ask_batch
 from medplib.bilingual import is_chinese, to_zh
 from medplib.conversation import GROUND_ANSWER, grounding_question
 from medplib.preprocess import Window, logit
@@ -52,8 +53,12 @@ def slice_report(task, request, p: InferParams, vol: Volume, window: Window, tar
     with task.engine.lock:
         pred, cached = task.engine.predictor(key, mapper.extract(vol.array), window)
         pred.mask_threshold = threshold
-        for name in targets:
-            ans = pred.ask(grounding_question(name), max_new_tokens=p.max_new_tokens, draft_answer=GROUND_ANSWER)
+        # every structure's question on this slice in one batch (shared image features and prefix)
+        answers = ask_batch([AskJob(pred, grounding_question(name), max_new_tokens=p.max_new_tokens,
+                                    draft_answer=GROUND_ANSWER) for name in targets])
+        for name, ans in zip(targets, answers):
+            if isinstance(ans, Exception):
+                raise ans
             if ans.seg_count:
                 mask = mapper.plane_to_slice(ans.mask_logits[0], logits=True) > logit(threshold)
                 if mask.sum() >= p.min_box_area:

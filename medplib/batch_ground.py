@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .conversation import GROUND_ANSWER, Turn, build_input_ids
+from .conversation import GROUND_ANSWER, IMAGE_TOKEN_INDEX, Turn, build_input_ids
 from .modeling import MedPLIBForCausalLM
 from .preprocess import clip_pixel_values, postprocess_masks, sam_pixel_values
 
@@ -36,11 +36,15 @@ def ground_batch(model: MedPLIBForCausalLM, tokenizer, images: list[np.ndarray],
     image_tokens, _ = model.encode_images(clip)
     sam_emb = model.encode_sam(torch.stack([px for px, _ in sam]))
     ids, labels = build_input_ids(tokenizer, cfg.system_prompt, [Turn(question, answer)])
-    embeds = torch.stack([model.embed_sequence(ids, image_tokens[i]) for i in range(len(images))])
-    hidden, _ = model.run_llm(embeds)
-    n_img = image_tokens.shape[1]
-    # Positions in the spliced sequence: the image placeholder became n_img positions.
-    offset = n_img - 1
+    # The text before the image (system prompt) is the same for every image: run it once, share its KV cache.
+    cut = ids.index(IMAGE_TOKEN_INDEX)
+    _, past = model.run_llm(model.embed_sequence(ids[:cut], None)[None], use_cache=True)
+    past.batch_repeat_interleave(len(images))
+    embeds = torch.stack([model.embed_sequence(ids[cut:], image_tokens[i]) for i in range(len(images))])
+    hidden, _ = model.run_llm(embeds, past_key_values=past, use_cache=True)
+    # Index of spliced position (ids index p > cut) in `hidden`: the placeholder became n_img positions and
+    # the first `cut` positions live in the shared cache.
+    offset = image_tokens.shape[1] - 1 - cut
     answer_pos = [i for i, lab in enumerate(labels) if lab >= 0]
     # Hidden state at position t predicts token t+1: check every answer token is the greedy choice.
     pred_pos = torch.tensor([p - 1 + offset for p in answer_pos])

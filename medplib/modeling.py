@@ -180,9 +180,9 @@ class MedPLIBForCausalLM(nn.Module):
         return torch.cat(pieces, dim=0)
 
     def run_llm(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                past_key_values=None, use_cache: bool = False):
+                past_key_values=None, use_cache: bool = False, position_ids: torch.Tensor | None = None):
         """The decoder stack; returns (final-norm hidden states [B,L,H], past_key_values)."""
-        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=past_key_values, use_cache=use_cache)
         return out.last_hidden_state, out.past_key_values
 

@@ -28,6 +28,18 @@ class ImageFeatures:
 
 
 @dataclass
+class _Prepared:
+    """A question ready for the LLM (see `MedPLIBPredictor._prepare`)."""
+
+    ids: list[int]
+    past: object  # the image-prefix KV cache (None without prefix caching)
+    embeds: torch.Tensor  # [L, hidden] what follows the cached prefix
+    draft: list[int] | None
+    t0: float
+    timings_ms: dict[str, float]
+
+
+@dataclass
 class Answer:
     """Result of `ask`: text without special tokens, one mask per <SEG> in order, per-stage timings."""
 
@@ -60,6 +72,7 @@ class MedPLIBPredictor:
         self._last_answer: "Answer | None" = None
         self.last_timings: dict[str, float] = {}
         self.last_region_masks: list[np.ndarray] = []
+        self._image_prefill_ms = self._pending_prefill_ms = 0.0
 
     # ------------------------------------------------------------------ image
     @torch.no_grad()
@@ -87,6 +100,17 @@ class MedPLIBPredictor:
         self.last_timings = {"preprocess": (t1 - t0) * 1e3, "clip_encoder": (t2 - t1) * 1e3,
                              "sam_encoder": (t3 - t2) * 1e3}
 
+    def memory_bytes(self) -> int:
+        """Bytes held by the cached image features and the image-prefix KV cache."""
+        total = 0
+        if self.features is not None:
+            f = self.features
+            total += sum(t.numel() * t.element_size() for t in (f.image_tokens, f.patch_feats, f.sam_embedding))
+        if self._prefix is not None:
+            for layer in self._prefix[1].layers:
+                total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if t is not None)
+        return total
+
     def reset_image(self) -> None:
         self.features = None
         self._prefix, self._last_seg, self._last_answer = None, None, None
@@ -105,6 +129,20 @@ class MedPLIBPredictor:
         draft_answer: the answer expected (e.g. the grounding template), verified in one forward pass; the result
         is exactly that of greedy decoding (see `MedPLIBForCausalLM.generate`).
         """
+        prep = self._prepare(question, regions, history, draft_answer)
+        gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        past = prep.past
+        out = self.model.generate(prep.embeds.unsqueeze(0), max_new_tokens or self.model.config.max_new_tokens,
+                                  temperature, gen, past_key_values=past, draft=prep.draft)
+        if past is not None:
+            extra = past.get_seq_length() - self._prefix[2]
+            if extra > 0:  # drop this question's tokens; the image prefix stays for the next one
+                past.crop(-extra)
+        return self._finish(prep, out, points, point_labels, box)
+
+    def _prepare(self, question: str, regions: Sequence[Region], history: Sequence[Turn],
+                 draft_answer: str | None) -> "_Prepared":
+        """Everything before the LLM call: prompt ids, region features, the image-prefix cache, the draft."""
         feats = self._require_image()
         t0 = time.perf_counter()
         question = question.strip()
@@ -120,33 +158,32 @@ class MedPLIBPredictor:
         turns = list(history) + [Turn(question)]
         ids, _ = build_input_ids(self.tokenizer, self.model.config.system_prompt, turns)
         t1 = time.perf_counter()
-        gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
         past, rest = self._prefill(ids, feats) if self.prefix_cache else (None, ids)
         embeds = self.model.embed_sequence(rest, None if past is not None else feats.image_tokens, region_feats)
         draft = None
         if draft_answer:
             eos = self.tokenizer.eos_token or "</s>"
             draft = self.tokenizer.encode(f" {draft_answer}{eos}", add_special_tokens=False)  # as in training
-        out = self.model.generate(embeds.unsqueeze(0), max_new_tokens or self.model.config.max_new_tokens,
-                                  temperature, gen, past_key_values=past, draft=draft)
-        if past is not None:
-            extra = past.get_seq_length() - self._prefix[2]
-            if extra > 0:  # drop this question's tokens; the image prefix stays for the next one
-                past.crop(-extra)
+        image_prefill = self._image_prefill_ms if past is not None else 0.0
+        return _Prepared(ids, past, embeds, draft, t0, {"prompt": (t1 - t0) * 1e3, "image_prefill": image_prefill})
+
+    def _finish(self, prep: "_Prepared", out, points, point_labels, box) -> Answer:
+        """Everything after the LLM call: <SEG> states -> masks, the text, timings."""
         self.counters["prefill"] += 1
         t2 = time.perf_counter()
         text_embeds = self.model.seg_to_prompt(out.seg_hidden) if out.seg_hidden.shape[0] else None
         logits, ious = self._masks(text_embeds, points, point_labels, box)
+        return self._answer(prep, out, text_embeds, logits, ious, (time.perf_counter() - t2) * 1e3)
+
+    def _answer(self, prep: "_Prepared", out, text_embeds, logits: np.ndarray, ious: list[float],
+                mask_ms: float) -> Answer:
         if text_embeds is not None:
             self._last_seg = text_embeds
-        t3 = time.perf_counter()
         text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True).strip()
-        timings = {**self.last_timings, "prompt": (t1 - t0) * 1e3,
-                   "image_prefill": getattr(self, "_image_prefill_ms", 0.0) if past is not None else 0.0,
-                   **out.timings_ms, "mask": (t3 - t2) * 1e3}
+        timings = {**self.last_timings, **prep.timings_ms, **out.timings_ms, "mask": mask_ms}
         answer = Answer(text=text, masks=logits > logit(self.mask_threshold), mask_logits=logits,
                         iou_predictions=ious, token_ids=out.token_ids,
-                        prompt=self.tokenizer.decode([i for i in ids if i >= 0]), timings_ms=timings)
+                        prompt=self.tokenizer.decode([i for i in prep.ids if i >= 0]), timings_ms=timings)
         if text_embeds is not None:
             self._last_answer = answer
         return answer
@@ -164,7 +201,8 @@ class MedPLIBPredictor:
             return None, ids
         cut = ids.index(im_end) + 1
         prefix, rest = ids[:cut], ids[cut:]
-        self._image_prefill_ms = 0.0
+        # a prefix prefilled in a batch (medplib.batch_ask) reports its share of that batch once
+        self._image_prefill_ms, self._pending_prefill_ms = self._pending_prefill_ms, 0.0
         if self._prefix is None or self._prefix[0] != prefix:
             t0 = time.perf_counter()
             embeds = self.model.embed_sequence(prefix, feats.image_tokens).unsqueeze(0)

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from medplib.loading import DELTA_NAME, WEIGHTS_NAME, build_model, from_pretrained
-from medplib.predictor import MedPLIBPredictor
+from medplib.predictor import Answer, MedPLIBPredictor
 from medplib.preprocess import Window
 
 from .volume_io import Volume, read_volume
@@ -37,6 +38,11 @@ class EngineSettings:
     max_new_tokens: int = 64
     clip_path: str | None = None  # official layout only
     sam_path: str | None = None
+    feature_cache_mb: int = 512  # slices whose features + image-prefix KV cache are kept (LRU, by memory)
+    batching: bool = True  # concurrent slice questions share encoder / LLM / mask-decoder batches
+    max_batch: int = 8
+    batch_wait_ms: float = 5.0  # how long a batch waits for more requests once the model is free
+    compile: str = "none"  # torch.compile: none | llm (decoder layers) | all (+ vision towers, mask decoder)
 
     def to_info(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.__dict__.items() if v is not None}
@@ -77,9 +83,9 @@ class MedPLIBEngine:
         self._loaded_mtime: float | None = None
         self._volume: tuple[tuple[str, float], Volume] | None = None
         self._windows: dict[tuple, object] = {}
-        self._predictor: MedPLIBPredictor | None = None
-        self._predictor_key: tuple | None = None
+        self.features = FeatureCache(settings.feature_cache_mb * 2 ** 20)
         self.load_seconds: float | None = None
+        self._batcher = None
 
     # ------------------------------------------------------------------ model
     def published_dir(self) -> Path | None:
@@ -104,8 +110,13 @@ class MedPLIBEngine:
                 t0 = time.perf_counter()
                 logger.info("loading MedPLIB model from %s on %s (%s)", source, self.device, self.dtype)
                 self._model, self._tokenizer = self._load(folder)
+                if self.settings.compile != "none":
+                    from medplib.compiled import compile_model
+
+                    compiled = compile_model(self._model, self.settings.compile)
+                    logger.info("torch.compile on %d modules (compiled on first use)", len(compiled))
                 self._loaded_from, self._loaded_mtime = source, mtime
-                self._predictor, self._predictor_key = None, None
+                self.features.clear()
                 self.load_seconds = time.perf_counter() - t0
             return self._model, self._tokenizer
 
@@ -140,20 +151,88 @@ class MedPLIBEngine:
             return self._windows[key]
 
     def cached_predictor(self, key: tuple) -> MedPLIBPredictor | None:
-        """The predictor of `key` if it is the cached one (refinement clicks must not re-encode)."""
+        """The predictor of `key` if its features are cached (refinement clicks must not re-encode)."""
         with self.lock:
-            return self._predictor if self._predictor_key == key else None
+            return self.features.get(key)
 
     def predictor(self, key: tuple, plane: np.ndarray, window: Window) -> tuple[MedPLIBPredictor, bool]:
-        """A predictor with `plane` set; re-used (features cached) when `key` matches the previous call."""
+        """A predictor with `plane` set; re-used (features cached) when `key` was seen recently."""
         model, tok = self.get()
         with self.lock:
-            if self._predictor is not None and self._predictor_key == key:
-                return self._predictor, True
+            pred = self.features.get(key)
+            if pred is not None:
+                return pred, True
             pred = MedPLIBPredictor(model, tok, mask_threshold=self.settings.threshold)
             pred.set_image(plane, window)
-            self._predictor, self._predictor_key = pred, key
+            self.features.put(key, pred)
             return pred, False
+
+    def ask(self, key: tuple, plane: np.ndarray, window: Window, question: str, **kwargs) -> tuple[Answer, bool]:
+        """Answer a greedy question on a slice: batched with other clients' questions when batching is on.
+
+        Returns (answer, whether the slice's features were already cached)."""
+        if self.settings.batching and self.settings.max_batch > 1:
+            return self.batcher().ask(key, plane, window, question, **kwargs)
+        with self.lock:
+            pred, cached = self.predictor(key, plane, window)
+            return pred.ask(question, **kwargs), cached
+
+    def batcher(self):
+        from .batcher import ModelBatcher
+
+        with self.lock:
+            if self._batcher is None:
+                self._batcher = ModelBatcher(self, self.settings.max_batch, self.settings.batch_wait_ms / 1e3)
+            return self._batcher
+
+
+class FeatureCache:
+    """LRU of per-slice predictors (image features + image-prefix KV cache), bounded by their tensors' bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, tuple[MedPLIBPredictor, int]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> MedPLIBPredictor | None:
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: tuple, pred: MedPLIBPredictor) -> None:
+        self._items[key] = (pred, pred.memory_bytes())
+        self._items.move_to_end(key)
+        self.trim()
+
+    def trim(self) -> None:
+        """Re-measure (a prefix cache may have been filled since `put`) and drop the least recent entries; the
+        newest entry always stays."""
+        for key, (pred, _) in self._items.items():
+            self._items[key] = (pred, pred.memory_bytes())
+        while len(self._items) > 1 and self.bytes > self.max_bytes:
+            self._items.popitem(last=False)
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def last(self) -> MedPLIBPredictor | None:
+        """The most recently used predictor."""
+        return next(reversed(self._items.values()))[0] if self._items else None
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": len(self), "mib": self.bytes // 2 ** 20, "max_mib": self.max_bytes // 2 ** 20,
+                "hits": self.hits, "misses": self.misses}
 
 
 def _weights_file(folder: Path) -> Path | None:

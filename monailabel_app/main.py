@@ -10,6 +10,12 @@
   threshold       sigmoid threshold of the masks (default 0.1, as the original)
   max_new_tokens  answer length cap (default 64)
   clip_path, sam_path   CLIP folder and sam-med2d_b.pth for the official release
+  feature_cache_mb  memory for cached slices (image features + image-prefix KV cache, LRU; default 512)
+  batching        `true` (default): concurrent slice questions are answered in shared batches; `false`: one by one
+  max_batch       largest batch (default 8); requests wait for it in MEDPLIB_INFER_WORKERS threads (default 8)
+  batch_wait_ms   how long a batch waits for more questions once the model is free (default 5)
+  compile         torch.compile: `none` (default), `llm` (decoder layers) or `all` (also encoders, mask decoder);
+                  worth it on GPU for long sessions, the first requests pay the compilation
   labels          JSON list of structure names offered to Slicer (default brain, grey matter, white matter, csf, target)
   dicomweb_filter       with --studies http(s)://.../dicom-web: QIDO series filter as JSON
                         (default {"Modality": ["CT", "MR"]}; "{}" = every image series)
@@ -49,6 +55,18 @@ def engine_settings(app_dir: str, conf: dict[str, str]) -> EngineSettings:
         except ValueError:
             raise ValueError(f"--conf {key} must be a {kind.__name__}, got {conf.get(key)!r}") from None
 
+    def flag(key: str, default: bool) -> bool:
+        value = str(conf.get(key, default)).strip().lower()
+        if value not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"--conf {key} must be true or false, got {conf.get(key)!r}")
+        return value in ("true", "1", "yes")
+
+    def choice(key: str, default: str, options: tuple[str, ...]) -> str:
+        value = conf.get(key, default)
+        if value not in options:
+            raise ValueError(f"--conf {key} must be one of {', '.join(options)}, got {value!r}")
+        return value
+
     return EngineSettings(
         model=conf.get("model", "small"),
         model_dir=conf.get("model_dir", os.path.join(app_dir, "model")),
@@ -58,6 +76,11 @@ def engine_settings(app_dir: str, conf: dict[str, str]) -> EngineSettings:
         max_new_tokens=number("max_new_tokens", 64, int),
         clip_path=conf.get("clip_path"),
         sam_path=conf.get("sam_path"),
+        feature_cache_mb=number("feature_cache_mb", 512, int),
+        batching=flag("batching", True),
+        max_batch=number("max_batch", 8, int),
+        batch_wait_ms=number("batch_wait_ms", 5.0, float),
+        compile=choice("compile", "none", ("none", "llm", "all")),
     )
 
 

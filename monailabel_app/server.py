@@ -1,8 +1,9 @@
 """The FastAPI app `make serve` runs: MONAI Label's own app with a non-blocking, bounded `/infer/{model}`.
 
 MONAI Label's endpoints are `async def` and call inference directly, so one running infer blocks every other
-request (even `/info`). Here `/infer` runs MONAI Label's own request handling in a single model worker thread
-(one model copy; the engine serialises GPU/CPU use anyway), behind a bounded queue:
+request (even `/info`). Here `/infer` runs MONAI Label's own request handling in worker threads, behind a bounded
+queue; there is one model copy, and concurrent slice questions are answered together in batches by the engine's
+batcher (`batcher.py`):
   * the event loop stays free: `/info`, `/train` status, datastore calls answer while a model runs;
   * a full queue answers 503 with Retry-After instead of piling up requests;
   * a request that waits or runs longer than its timeout answers 503 (the worker finishes it and moves on);
@@ -36,17 +37,21 @@ from .sessions import router as session_router
 logger = logging.getLogger(__name__)
 
 MAX_QUEUE = int(os.environ.get("MEDPLIB_MAX_QUEUE", "16"))  # running + waiting infer requests
+# Requests in flight at once: their slice questions meet in the model batcher (`batcher.py`); the model itself
+# is used by one thread at a time.
+WORKERS = int(os.environ.get("MEDPLIB_INFER_WORKERS", "8"))
 TIMEOUT_S = float(os.environ.get("MEDPLIB_INFER_TIMEOUT", str(settings.MONAI_LABEL_INFER_TIMEOUT)))
 RETRY_AFTER_S = 2
 
 
 class InferQueue:
-    """One worker thread, a bounded number of requests in flight, per-request timeouts."""
+    """Worker threads off the event loop, a bounded number of requests in flight, per-request timeouts."""
 
-    def __init__(self, max_queue: int, timeout_s: float):
+    def __init__(self, max_queue: int, timeout_s: float, workers: int = 1):
         self.max_queue = max_queue
         self.timeout_s = timeout_s
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medplib-infer")
+        self.workers = max(1, workers)
+        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="medplib-infer")
         self._depth = 0
         self._lock = threading.Lock()
 
@@ -73,7 +78,7 @@ class InferQueue:
             self._depth -= 1
 
 
-QUEUE = InferQueue(MAX_QUEUE, TIMEOUT_S)
+QUEUE = InferQueue(MAX_QUEUE, TIMEOUT_S, WORKERS)
 
 
 def _from_token(token: str):
@@ -186,4 +191,13 @@ async def refuse_unsafe_ids(request, call_next):
 
 @app.get("/medplib/queue", summary=f"{RBAC_USER}Inference queue depth and limits")
 async def queue_status():
-    return JSONResponse({"depth": QUEUE.depth, "max_queue": QUEUE.max_queue, "timeout_s": QUEUE.timeout_s})
+    from monailabel.interfaces.utils.app import apps
+
+    status = {"depth": QUEUE.depth, "max_queue": QUEUE.max_queue, "timeout_s": QUEUE.timeout_s,
+              "workers": QUEUE.workers}
+    for instance in list(apps.values()):  # the app, once built (no model is loaded for this)
+        engine = getattr(instance, "engine", None)
+        if engine is not None:
+            status["feature_cache"] = engine.features.stats()
+            status["batcher"] = engine._batcher.stats() if engine._batcher is not None else None
+    return JSONResponse(status)

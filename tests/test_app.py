@@ -119,7 +119,7 @@ def test_point_reaches_the_model_on_exactly_its_voxel(server, image, axis):
     r = infer(client, image, {"question": "What is this?", "foreground": [ijk], "axis": axis, "slice": ijk[axis]})
     assert r.status_code == 200, r.text
     engine = instance().engine
-    square = engine._predictor.last_region_masks[0]
+    square = engine.features.last().last_region_masks[0]
     rows, cols = np.nonzero(square)
     centre = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
     vol = read_volume(f"{studies}/{image}.nii.gz")
@@ -187,7 +187,7 @@ def test_refine_clicks_reuse_the_last_grounded_mask(server, tmp_path):
     r = infer(client, "mni152_t1", {"refine": True, "foreground": [[90, 100, 60]], "slice": 60})
     assert r.status_code == 422 and "refine" in r.json()["detail"]
     first, _, _ = parse_infer(infer(client, "mni152_t1", {"label": "white matter", "slice": 60}), tmp_path)
-    pred = instance().engine._predictor
+    pred = instance().engine.features.last()
     before = dict(pred.counters)
     res, label, _ = parse_infer(infer(client, "mni152_t1", {"refine": True, "foreground": [[90, 100, 60]],
                                                               "background": [[60, 60, 60]], "slice": 60,

@@ -68,17 +68,19 @@ def test_full_queue_answers_503_with_retry_after(real_server):
 
 def test_model_failure_fails_only_that_request(sample_datastore, fitted_tiny_dir, tmp_path, monkeypatch):
     with monailabel_client(sample_datastore, {"model": str(fitted_tiny_dir)}) as (client, instance):
+        import medplib_label.batcher as batcher
+
         engine = instance().engine
-        original = engine.predictor
+        assert engine.settings.batching  # slice questions go through the model batcher's thread
 
         def out_of_memory(*args, **kwargs):
             # Stands in for a CUDA OOM inside the model (no GPU here); the handler must not care which.
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-        monkeypatch.setattr(engine, "predictor", out_of_memory)
-        r = client.post("/infer/medplib?image=mni152_t1", data={"params": json.dumps({"label": "brain"})})
+        with monkeypatch.context() as patch:
+            patch.setattr(batcher, "ask_batch", out_of_memory)
+            r = client.post("/infer/medplib?image=mni152_t1", data={"params": json.dumps({"label": "brain"})})
         assert r.status_code == 503 and "out of memory" in r.json()["detail"]
-        monkeypatch.setattr(engine, "predictor", original)
         res, label, _ = parse_infer(client.post("/infer/medplib?image=mni152_t1",
                                                 data={"params": json.dumps({"label": "brain"})}), tmp_path)
         assert res["task"] == "ground" and label is not None
