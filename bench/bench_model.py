@@ -1,10 +1,13 @@
 """Model benchmarks, measured in one run (CPU by default, CUDA when asked and present).
 
-    python bench/bench_model.py [--model small|tiny|PATH] [--device cpu|cuda] [--tokens 600] [--repeats 20]
+    python bench/bench_model.py [--model small|tiny|PATH] [--device cpu|cuda] [--dtype auto|float32|bfloat16]
+                                [--compile none|llm|all] [--tokens 600] [--repeats 20]
 
 Prints:
   * P2: MoE FFN time / one dense expert FFN time at equal tokens (target <= 1.15);
-  * predictor: second `ask` on the same image / first `ask` including `set_image`.
+  * predictor: second `ask` on the same image / first `ask` including `set_image`, milliseconds per stage and
+    decode tokens/s (on CUDA the stages are timed with a device sync at each boundary);
+  * batched decoding: tokens/s of 8 rows decoded together vs one row.
 """
 
 from __future__ import annotations
@@ -70,10 +73,36 @@ def bench_predictor(model, tok) -> None:
     print("  second stages (ms):", {k: round(v, 1) for k, v in second.timings_ms.items()})
 
 
+def bench_batch_decode(model, tok, new_tokens: int = 24) -> None:
+    from nilearn.datasets import load_mni152_template
+
+    from medplib.batch_decode import DecodeRequest, generate_batch
+    from medplib.predictor import MedPLIBPredictor
+
+    vol = np.asanyarray(load_mni152_template(resolution=1).dataobj).astype(np.float32)
+    pred = MedPLIBPredictor(model, tok)
+    pred.set_image(vol[:, :, 90])
+    prep = pred._prepare("Describe this image.", (), (), None)
+    model.eos_token_id, eos = -1, model.eos_token_id  # decode exactly `new_tokens` tokens per row
+    try:
+        rates = {}
+        for rows in (1, 8):
+            reqs = [DecodeRequest(prep.past, prep.embeds, None, new_tokens) for _ in range(rows)]
+            generate_batch(model, reqs)  # warm-up
+            out = generate_batch(model, reqs)[0]
+            rates[rows] = rows * (new_tokens - 1) / (out.timings_ms["decode"] / 1e3)
+    finally:
+        model.eos_token_id = eos
+    print(f"batched decoding: {rates[1]:.1f} tokens/s for one row, {rates[8]:.1f} tokens/s for 8 rows "
+          f"-> {rates[8] / rates[1]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--compile", default="none", choices=("none", "llm", "all"))
     parser.add_argument("--tokens", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
@@ -83,10 +112,23 @@ def main() -> None:
         model, tok = build_model(args.model)
     else:
         model, tok = from_pretrained(args.model)
-    model.to(args.device)
-    print(f"model={args.model} device={args.device} threads={torch.get_num_threads()}")
-    bench_moe(model, args.tokens, args.repeats, args.device)
+    from medplib.compiled import compile_model
+    from medplib_label.engine import pick_device, pick_dtype
+
+    device = pick_device(args.device)
+    model.to(device, pick_dtype(args.dtype, device)).eval()
+    model.sync_timings = device.type == "cuda"
+    compiled = compile_model(model, args.compile)
+    print(f"model={args.model} device={device} dtype={model.dtype} threads={torch.get_num_threads()} "
+          f"compiled modules={len(compiled)}")
+    if device.type == "cuda":
+        print(f"  {torch.cuda.get_device_name(device)}")
+    if compiled:
+        print("compiling (first calls, not timed) ...")
+        bench_predictor(model, tok)
+    bench_moe(model, args.tokens, args.repeats, str(device))
     bench_predictor(model, tok)
+    bench_batch_decode(model, tok)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,14 @@ click exactly as after `ask`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .batch_decode import DecodeRequest, generate_batch, split_cache
-from .conversation import IM_END, Turn, build_input_ids
+from .batch_decode import DecodeRequest, generate_batch
+from .conversation import Turn
 from .predictor import Answer, ImageFeatures, MedPLIBPredictor
 from .preprocess import Window, clip_pixel_values, postprocess_masks, prepare_rgb, sam_pixel_values
 from .regions import Region
@@ -44,18 +43,18 @@ def set_images(predictors: list[MedPLIBPredictor], images: list[np.ndarray],
         return
     model = predictors[0].model
     cfg = model.config
-    t0 = time.perf_counter()
+    t0 = model.clock()
     rgbs = [prepare_rgb(image, window) for image, window in zip(images, windows)]
     for rgb in rgbs:
         if min(rgb.shape[:2]) < 2:
             raise ValueError(f"image too small: {rgb.shape[:2]}")
     clip_px = torch.stack([clip_pixel_values(rgb, cfg.vision.image_size) for rgb in rgbs])
     sam = [sam_pixel_values(rgb, cfg.sam.image_size, cfg.sam.pixel_mean, cfg.sam.pixel_std) for rgb in rgbs]
-    t1 = time.perf_counter()
+    t1 = model.clock()
     image_tokens, patches = model.encode_images(clip_px)
-    t2 = time.perf_counter()
+    t2 = model.clock()
     sam_embedding = model.encode_sam(torch.stack([px for px, _ in sam]))
-    t3 = time.perf_counter()
+    t3 = model.clock()
     n = len(predictors)
     for i, pred in enumerate(predictors):
         pred.reset_image()
@@ -73,7 +72,6 @@ def ask_batch(jobs: list[AskJob]) -> list[Answer | Exception]:
     if not jobs:
         return []
     results: list[Answer | Exception | None] = [None] * len(jobs)
-    _prefill_images(jobs)
     ready, preps = [], []
     for i, job in enumerate(jobs):
         try:
@@ -84,18 +82,31 @@ def ask_batch(jobs: list[AskJob]) -> list[Answer | Exception]:
     if not ready:
         return results
     model = jobs[0].predictor.model
-    requests = [DecodeRequest(p.past, p.embeds, p.draft, jobs[i].max_new_tokens or model.config.max_new_tokens)
-                for i, p in zip(ready, preps)]
-    outs = generate_batch(model, requests)
+    # A slice's first question runs its image prefix in the same pass (its row starts from an empty cache).
+    requests = [DecodeRequest(p.past, p.embeds, p.draft, jobs[i].max_new_tokens or model.config.max_new_tokens,
+                              p.new_prefix[1] if p.new_prefix else None) for i, p in zip(ready, preps)]
+    # rows batch with rows whose cached prefix has the same length (normally all of them)
+    groups: dict[int, list[int]] = {}
+    for k, r in enumerate(requests):
+        groups.setdefault(0 if r.past is None else r.past.get_seq_length(), []).append(k)
+    outs: list = [None] * len(requests)
+    for rows in groups.values():
+        for k, out in zip(rows, generate_batch(model, [requests[k] for k in rows])):
+            outs[k] = out
+    for k, i in enumerate(ready):
+        if preps[k].new_prefix is not None:
+            pred = jobs[i].predictor
+            pred._prefix = (preps[k].new_prefix[0], outs[k].prefix_cache, preps[k].new_prefix[1])
+            pred.counters["image_prefill"] += 1
     # Jobs with one <SEG> and no click/box prompts share one mask-decoder call; the others decode their own.
     simple = [k for k, i in enumerate(ready) if outs[k].seg_hidden.shape[0] == 1 and jobs[i].points is None
               and jobs[i].box is None]
     if simple:
-        t0 = time.perf_counter()
+        t0 = model.clock()
         text_embeds = model.seg_to_prompt(torch.cat([outs[k].seg_hidden for k in simple]))
         feats = [jobs[ready[k]].predictor.features for k in simple]
         low, iou = model.decode_masks(torch.cat([f.sam_embedding for f in feats]), text_embeds)
-        mask_ms = (time.perf_counter() - t0) * 1e3 / len(simple)
+        mask_ms = (model.clock() - t0) * 1e3 / len(simple)
         for row, k in enumerate(simple):
             pred, f = jobs[ready[k]].predictor, feats[row]
             pred.counters["prefill"] += 1
@@ -108,32 +119,3 @@ def ask_batch(jobs: list[AskJob]) -> list[Answer | Exception]:
             job = jobs[i]
             results[i] = job.predictor._finish(preps[k], outs[k], job.points, job.point_labels, job.box)
     return results
-
-
-def _prefill_images(jobs: list[AskJob]) -> None:
-    """Run the "system + image" prefix of every predictor that lacks it through the LLM in one batch."""
-    todo: dict[int, tuple[MedPLIBPredictor, list[int]]] = {}
-    for job in jobs:
-        pred = job.predictor
-        if not pred.prefix_cache or pred.features is None or id(pred) in todo:
-            continue
-        ids, _ = build_input_ids(pred.tokenizer, pred.model.config.system_prompt, [Turn(job.question or "?")])
-        im_end = pred.tokenizer.convert_tokens_to_ids(IM_END)
-        if im_end not in ids:
-            continue
-        prefix = ids[:ids.index(im_end) + 1]
-        if pred._prefix is None or pred._prefix[0] != prefix:
-            todo[id(pred)] = (pred, prefix)
-    groups: dict[tuple, list[MedPLIBPredictor]] = {}
-    for pred, prefix in todo.values():
-        groups.setdefault(tuple(prefix), []).append(pred)
-    for prefix, preds in groups.items():
-        model = preds[0].model
-        t0 = time.perf_counter()
-        embeds = torch.stack([model.embed_sequence(list(prefix), p.features.image_tokens) for p in preds])
-        _, cache = model.run_llm(embeds, use_cache=True)
-        ms = (time.perf_counter() - t0) * 1e3 / len(preds)
-        for pred, row in zip(preds, split_cache(cache)):
-            pred._prefix = (list(prefix), row, embeds.shape[1])
-            pred.counters["image_prefill"] += 1
-            pred._pending_prefill_ms = ms

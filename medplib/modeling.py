@@ -73,6 +73,7 @@ class Generation:
     token_ids: list[int]
     seg_hidden: torch.Tensor  # [n_seg, hidden]: final-norm state of each step that emitted <SEG>, in order
     timings_ms: dict[str, float] = field(default_factory=dict)
+    prefix_cache: object = None  # batched decoding: the row's new prefix KV cache when asked for
 
 
 class MedPLIBForCausalLM(nn.Module):
@@ -100,12 +101,20 @@ class MedPLIBForCausalLM(nn.Module):
         # Decoded ids are read back to the host every `sync_every` steps (0: every step on CPU, every 8 on GPU,
         # where a read-back stalls the launch queue); steps computed after an end of sequence are discarded.
         self.sync_every = 0
+        self.sync_timings = False  # benchmarks: wait for the GPU at stage boundaries so timings are real
 
     def forward(self, batch, weights=None) -> dict[str, torch.Tensor]:
         """Training forward: the loss dict of `medplib.losses.compute_loss` (lets DDP wrap the model)."""
         from .losses import compute_loss
 
         return compute_loss(self, batch, weights)
+
+    def clock(self) -> float:
+        """`time.perf_counter` for stage timings; with `sync_timings` on a GPU it first waits for the queued
+        kernels (benchmarks only: a sync stalls the launch queue)."""
+        if self.sync_timings and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     # ----------------------------------------------------------------- encoders
     @property
@@ -200,16 +209,26 @@ class MedPLIBForCausalLM(nn.Module):
         goes on one token at a time from the first disagreement. The tokens are exactly those of plain greedy
         decoding; a grounding answer costs one pass instead of one per token.
         """
-        t0 = time.perf_counter()
-        hidden, past = self.run_llm(inputs_embeds, past_key_values=past_key_values, use_cache=True)
-        h = hidden[:, -1]
-        t1 = time.perf_counter()
+        t0 = self.clock()
         tokens: list[int] = []
         seg_states: list[torch.Tensor] = []
         if draft and temperature <= 1e-4 and max_new_tokens > 0:
-            done, h, past = self._verify_draft(draft[:max_new_tokens], h, past, tokens, seg_states)
+            # The prompt and the draft go through the LLM in one pass (a pass over a few tokens costs about a
+            # full read of the weights, so one pass instead of two matters).
+            draft = draft[:max_new_tokens]
+            start = (past_key_values.get_seq_length() if past_key_values is not None else 0) + inputs_embeds.shape[1]
+            draft_embeds = self.model.embed_tokens(torch.tensor([draft], device=inputs_embeds.device))
+            hidden, past = self.run_llm(torch.cat([inputs_embeds, draft_embeds.to(inputs_embeds.dtype)], dim=1),
+                                        past_key_values=past_key_values, use_cache=True)
+            t1 = self.clock()
+            states = hidden[0, inputs_embeds.shape[1] - 1:]  # states[i] predicts answer token i
+            done, h, past = self._accept_draft(draft, states, past, start, tokens, seg_states)
             if done:
                 return self._generation(tokens, seg_states, h, t0, t1)
+        else:
+            hidden, past = self.run_llm(inputs_embeds, past_key_values=past_key_values, use_cache=True)
+            h = hidden[:, -1]
+            t1 = self.clock()
         sync_every = self.sync_every if self.sync_every else (1 if h.device.type == "cpu" else 8)
         ids: list[torch.Tensor] = []  # on the device; read back every `sync_every` steps (no per-token sync)
         states: list[torch.Tensor] = []
@@ -249,18 +268,15 @@ class MedPLIBForCausalLM(nn.Module):
         return finished
 
     def _generation(self, tokens, seg_states, h, t0, t1) -> Generation:
-        t2 = time.perf_counter()
+        t2 = self.clock()
         seg = torch.stack(seg_states) if seg_states else h.new_zeros((0, h.shape[-1]))
         return Generation(tokens, seg, {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3})
 
-    def _verify_draft(self, draft: list[int], h, past, tokens: list[int],
+    def _accept_draft(self, draft: list[int], states: torch.Tensor, past, start: int, tokens: list[int],
                       seg_states: list) -> tuple[bool, object, object]:
-        """Run the draft in one pass; append the accepted tokens (and the model's own next token). Returns
-        (finished, hidden state to decode from, cache holding exactly the emitted tokens)."""
-        start = past.get_seq_length()
-        emb = self.model.embed_tokens(torch.tensor([draft], device=h.device))
-        hidden, past = self.run_llm(emb, past_key_values=past, use_cache=True)
-        states = torch.cat([h[:, None], hidden], dim=1)[0]  # states[i] predicts token i
+        """Accept the draft's longest prefix the model itself predicts (`states[i]` predicts token i; the draft
+        sits in the cache from position `start`) and append the model's own next token. Returns (finished,
+        hidden state to decode from, cache holding exactly the emitted tokens)."""
         predicted = self.lm_head(states).float().argmax(dim=-1).tolist()
         for i, tok in enumerate(predicted[:len(draft)]):
             tokens.append(tok)
@@ -271,7 +287,7 @@ class MedPLIBForCausalLM(nn.Module):
                 return True, states[i + 1][None], past
             if tok != draft[i]:  # the model disagrees: its own token is emitted, decoding resumes after it
                 _keep(past, start + i)
-                hidden, past = self.run_llm(self.model.embed_tokens(torch.tensor([[tok]], device=h.device)),
+                hidden, past = self.run_llm(self.model.embed_tokens(torch.tensor([[tok]], device=states.device)),
                                             past_key_values=past, use_cache=True)
                 return False, hidden[:, -1], past
         # the whole draft was accepted without an end of sequence: go on from its last state

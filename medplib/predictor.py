@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .conversation import Turn, build_input_ids, with_region_markers
+from .conversation import IMAGE_TOKEN_INDEX, Turn, build_input_ids, with_region_markers
 from .modeling import MedPLIBForCausalLM
 from .preprocess import (Window, clip_pixel_values, logit, longest_side_size, postprocess_masks, prepare_rgb,
                          region_grid, sam_pixel_values)
@@ -37,6 +36,7 @@ class _Prepared:
     draft: list[int] | None
     t0: float
     timings_ms: dict[str, float]
+    new_prefix: tuple[list[int], int] | None = None  # (prefix ids, length) when `past` is a new, empty cache
 
 
 @dataclass
@@ -72,7 +72,6 @@ class MedPLIBPredictor:
         self._last_answer: "Answer | None" = None
         self.last_timings: dict[str, float] = {}
         self.last_region_masks: list[np.ndarray] = []
-        self._image_prefill_ms = self._pending_prefill_ms = 0.0
 
     # ------------------------------------------------------------------ image
     @torch.no_grad()
@@ -81,20 +80,20 @@ class MedPLIBPredictor:
 
         `image` is a 2D scalar slice (windowed to uint8 by `window` or robust percentiles) or HxWx3 uint8 RGB.
         """
-        t0 = time.perf_counter()
+        t0 = self.model.clock()
         rgb = prepare_rgb(image, window)
         if min(rgb.shape[:2]) < 2:
             raise ValueError(f"image too small: {rgb.shape[:2]}")
         cfg = self.model.config
         clip_px = clip_pixel_values(rgb, cfg.vision.image_size).unsqueeze(0)
         sam_px, resize = sam_pixel_values(rgb, cfg.sam.image_size, cfg.sam.pixel_mean, cfg.sam.pixel_std)
-        t1 = time.perf_counter()
+        t1 = self.model.clock()
         image_tokens, patches = self.model.encode_images(clip_px)
         self.counters["clip_encoder"] += 1
-        t2 = time.perf_counter()
+        t2 = self.model.clock()
         sam_embedding = self.model.encode_sam(sam_px.unsqueeze(0))
         self.counters["sam_encoder"] += 1
-        t3 = time.perf_counter()
+        t3 = self.model.clock()
         self.features = ImageFeatures(rgb.shape[:2], tuple(resize), image_tokens[0], patches[0], sam_embedding)
         self._prefix, self._last_seg, self._last_answer = None, None, None
         self.last_timings = {"preprocess": (t1 - t0) * 1e3, "clip_encoder": (t2 - t1) * 1e3,
@@ -134,6 +133,9 @@ class MedPLIBPredictor:
         past = prep.past
         out = self.model.generate(prep.embeds.unsqueeze(0), max_new_tokens or self.model.config.max_new_tokens,
                                   temperature, gen, past_key_values=past, draft=prep.draft)
+        if prep.new_prefix is not None:  # the first question on this image also filled the image prefix
+            self._prefix = (prep.new_prefix[0], past, prep.new_prefix[1])
+            self.counters["image_prefill"] += 1
         if past is not None:
             extra = past.get_seq_length() - self._prefix[2]
             if extra > 0:  # drop this question's tokens; the image prefix stays for the next one
@@ -144,7 +146,7 @@ class MedPLIBPredictor:
                  draft_answer: str | None) -> "_Prepared":
         """Everything before the LLM call: prompt ids, region features, the image-prefix cache, the draft."""
         feats = self._require_image()
-        t0 = time.perf_counter()
+        t0 = self.model.clock()
         question = question.strip()
         if not question:
             raise ValueError("question is empty")
@@ -157,23 +159,24 @@ class MedPLIBPredictor:
         region_feats = self.model.region_features(feats.patch_feats, grids) if grids else None
         turns = list(history) + [Turn(question)]
         ids, _ = build_input_ids(self.tokenizer, self.model.config.system_prompt, turns)
-        t1 = time.perf_counter()
-        past, rest = self._prefill(ids, feats) if self.prefix_cache else (None, ids)
-        embeds = self.model.embed_sequence(rest, None if past is not None else feats.image_tokens, region_feats)
+        t1 = self.model.clock()
+        past, rest, new_prefix = self._prefix_split(ids, feats)
+        embeds = self.model.embed_sequence(rest, feats.image_tokens if IMAGE_TOKEN_INDEX in rest else None,
+                                           region_feats)
         draft = None
         if draft_answer:
             eos = self.tokenizer.eos_token or "</s>"
             draft = self.tokenizer.encode(f" {draft_answer}{eos}", add_special_tokens=False)  # as in training
-        image_prefill = self._image_prefill_ms if past is not None else 0.0
-        return _Prepared(ids, past, embeds, draft, t0, {"prompt": (t1 - t0) * 1e3, "image_prefill": image_prefill})
+        return _Prepared(ids, past, embeds, draft, t0, {"prompt": (t1 - t0) * 1e3},
+                         new_prefix)
 
     def _finish(self, prep: "_Prepared", out, points, point_labels, box) -> Answer:
         """Everything after the LLM call: <SEG> states -> masks, the text, timings."""
         self.counters["prefill"] += 1
-        t2 = time.perf_counter()
+        t2 = self.model.clock()
         text_embeds = self.model.seg_to_prompt(out.seg_hidden) if out.seg_hidden.shape[0] else None
         logits, ious = self._masks(text_embeds, points, point_labels, box)
-        return self._answer(prep, out, text_embeds, logits, ious, (time.perf_counter() - t2) * 1e3)
+        return self._answer(prep, out, text_embeds, logits, ious, (self.model.clock() - t2) * 1e3)
 
     def _answer(self, prep: "_Prepared", out, text_embeds, logits: np.ndarray, ious: list[float],
                 mask_ms: float) -> Answer:
@@ -188,29 +191,26 @@ class MedPLIBPredictor:
             self._last_answer = answer
         return answer
 
-    def _prefill(self, ids: list[int], feats: ImageFeatures):
-        """(KV cache holding everything up to and including <im_end>, the remaining ids).
+    def _prefix_split(self, ids: list[int], feats: ImageFeatures):
+        """(KV cache to continue, the ids still to run, new prefix or None).
 
-        The prefix (system prompt + image tokens) is the same for every question on an image, so it is run
-        through the LLM once per image; each question then only prefills its own few tokens.
+        The prefix (system prompt + image tokens, up to <im_end>) is the same for every question on an image, so
+        its KV cache is kept: later questions only run their own few tokens. The first question runs the prefix,
+        its own tokens and its draft in one pass into a new cache, cropped back to the prefix afterwards.
         """
+        from transformers import DynamicCache
+
         from .conversation import IM_END
 
         im_end = self.tokenizer.convert_tokens_to_ids(IM_END)
-        if im_end not in ids:
-            return None, ids
+        if not self.prefix_cache or im_end not in ids:
+            return None, ids, None
         cut = ids.index(im_end) + 1
-        prefix, rest = ids[:cut], ids[cut:]
-        # a prefix prefilled in a batch (medplib.batch_ask) reports its share of that batch once
-        self._image_prefill_ms, self._pending_prefill_ms = self._pending_prefill_ms, 0.0
-        if self._prefix is None or self._prefix[0] != prefix:
-            t0 = time.perf_counter()
-            embeds = self.model.embed_sequence(prefix, feats.image_tokens).unsqueeze(0)
-            _, cache = self.model.run_llm(embeds, use_cache=True)
-            self._prefix = (prefix, cache, embeds.shape[1])
-            self.counters["image_prefill"] += 1
-            self._image_prefill_ms = (time.perf_counter() - t0) * 1e3
-        return self._prefix[1], rest
+        prefix = ids[:cut]
+        if self._prefix is not None and self._prefix[0] == prefix:
+            return self._prefix[1], ids[cut:], None
+        self._prefix = None
+        return DynamicCache(), ids, (prefix, cut - 1 + feats.image_tokens.shape[0])
 
     @torch.no_grad()
     def refine(self, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
@@ -221,12 +221,12 @@ class MedPLIBPredictor:
         """
         if self._last_seg is None or self._last_answer is None:
             raise RuntimeError("refine() needs a grounded answer (with a mask) on the current image first")
-        t0 = time.perf_counter()
+        t0 = self.model.clock()
         logits, ious = self._masks(self._last_seg, points, point_labels, box)
         last = self._last_answer
         return Answer(text=last.text, masks=logits > logit(self.mask_threshold), mask_logits=logits,
                       iou_predictions=ious, token_ids=last.token_ids, prompt=last.prompt,
-                      timings_ms={"mask": (time.perf_counter() - t0) * 1e3})
+                      timings_ms={"mask": (self.model.clock() - t0) * 1e3})
 
     def _masks(self, text_embeds: torch.Tensor | None, points, point_labels, box) -> tuple[np.ndarray, list[float]]:
         feats = self._require_image()

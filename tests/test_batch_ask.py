@@ -57,6 +57,13 @@ def test_ask_batch_equals_ask_per_client(fitted_tiny):
     follow = preds[0].ask("Please segment the liver.")
     assert follow.token_ids == singles[0].token_ids and preds[0].counters["image_prefill"] == 1
     preds[0].refine(points=np.array([[10, 10]]), point_labels=np.array([0]))
+    # A batch mixing a slice with a cached prefix and a new slice (two prefix lengths: two LLM groups).
+    fresh = MedPLIBPredictor(model, tok)
+    set_images([fresh], [images[1]], [None])
+    again = ask_batch([AskJob(preds[0], CASES[0][0], **CASES[0][1]), AskJob(fresh, CASES[1][0], **CASES[1][1])])
+    assert again[0].token_ids == singles[0].token_ids and preds[0].counters["image_prefill"] == 1
+    np.testing.assert_allclose(again[0].mask_logits, singles[0].mask_logits, rtol=1e-3, atol=2e-3)
+    assert again[1].token_ids == singles[1].token_ids and fresh.counters["image_prefill"] == 1
 
 
 def test_bad_job_fails_alone(fitted_tiny):
@@ -75,6 +82,7 @@ def test_generate_batch_rows_equal_generate(fitted_tiny):
     model, tok, img, _, _ = fitted_tiny
     pred = MedPLIBPredictor(model, tok)
     pred.set_image(_images(img)[0])
+    pred.ask("What is this?", regions=[Point(8, 8)])  # fills the image-prefix cache the rows continue
     eos = tok.eos_token
     rows = [("Please segment the liver.", f" {GROUND_ANSWER}{eos}", 64), ("What modality is this?", " CT and more", 64),
             ("What modality is this?", None, 64), ("Segment the liver and the spleen.", " <SEG> and", 3)]
@@ -100,6 +108,7 @@ def test_rows_with_different_prefix_lengths_are_refused(fitted_tiny):
     model, tok, img, _, _ = fitted_tiny
     pred = MedPLIBPredictor(model, tok)
     pred.set_image(_images(img)[0])
+    pred.ask("What is this?", regions=[Point(8, 8)])
     prep = pred._prepare("What is this?", (), (), None)
     with pytest.raises(ValueError, match="prefix length"):
         generate_batch(model, [DecodeRequest(prep.past, prep.embeds), DecodeRequest(None, prep.embeds)])
