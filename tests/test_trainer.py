@@ -216,3 +216,27 @@ def test_two_node_rendezvous_trains_like_one_node(tmp_path):
     for key in s0:
         torch.testing.assert_close(s0[key], s1[key], rtol=0, atol=0, msg=key)
         torch.testing.assert_close(s0[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_served_model_has_lora_folded_in_with_the_same_answers(tmp_path):
+    """The engine folds LoRA into the base weights when it loads a checkpoint (fewer matmuls per layer)."""
+    from medplib_label.engine import EngineSettings, MedPLIBEngine
+
+    model, tok = build_model("tiny", seed=0)
+    add_lora(model, LoraSettings(r=2, alpha=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    trained = {n for n, _ in model.named_parameters() if "lora_" in n}
+    folder = save_delta(model, tok, tmp_path / "delta", base="tiny", trained=trained, dtype=torch.float32)
+    served, served_tok = MedPLIBEngine(EngineSettings(model=str(folder), device="cpu")).get()
+    assert not has_lora(served)
+    img = synthetic_image()
+    answers = []
+    for m, t in ((model, tok), (served, served_tok)):
+        pred = MedPLIBPredictor(m, t)
+        pred.set_image(img)
+        answers.append(pred.ask("Please segment the liver.", max_new_tokens=6))
+    assert answers[0].token_ids == answers[1].token_ids
+    np.testing.assert_allclose(answers[0].mask_logits, answers[1].mask_logits, rtol=1e-4, atol=1e-4)
