@@ -39,7 +39,7 @@ class EngineSettings:
     max_new_tokens: int = 64
     clip_path: str | None = None  # official layout only
     sam_path: str | None = None
-    feature_cache_mb: int = 512  # slices whose features + image-prefix KV cache are kept (LRU, by memory)
+    feature_cache_mb: int = 256  # slices whose features + image-prefix KV cache are kept (LRU, by memory)
     batching: bool = True  # concurrent slice questions share encoder / LLM / mask-decoder batches
     max_batch: int = 8
     batch_wait_ms: float = 5.0  # how long a batch waits for more requests once the model is free

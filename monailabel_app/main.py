@@ -10,7 +10,8 @@
   threshold       sigmoid threshold of the masks (default 0.1, as the original)
   max_new_tokens  answer length cap (default 64)
   clip_path, sam_path   CLIP folder and sam-med2d_b.pth for the official release
-  feature_cache_mb  memory for cached slices (image features + image-prefix KV cache, LRU; default 512)
+  feature_cache_mb  memory for cached slices (image features + image-prefix KV cache, LRU; default 256;
+                  the newest slice always stays)
   batching        `true` (default): concurrent slice questions are answered in shared batches; `false`: one by one
   max_batch       largest batch (default 8); requests wait for it in MEDPLIB_INFER_WORKERS threads (default 8)
   batch_wait_ms   how long a batch waits for more questions once the model is free (default 5)
@@ -76,7 +77,7 @@ def engine_settings(app_dir: str, conf: dict[str, str]) -> EngineSettings:
         max_new_tokens=number("max_new_tokens", 64, int),
         clip_path=conf.get("clip_path"),
         sam_path=conf.get("sam_path"),
-        feature_cache_mb=number("feature_cache_mb", 512, int),
+        feature_cache_mb=number("feature_cache_mb", 256, int),
         batching=flag("batching", True),
         max_batch=number("max_batch", 8, int),
         batch_wait_ms=number("batch_wait_ms", 5.0, float),
