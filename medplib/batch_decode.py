@@ -104,35 +104,47 @@ def generate_batch(model: MedPLIBForCausalLM, requests: list[DecodeRequest]) -> 
         # hide the padding and the rejected draft tokens of this row
         mask[i, prefix + valid[i]:] = 0
 
-    # Decode the rows that are not finished, one step for all of them at a time.
+    # Decode the rows that are not finished, one step for all of them at a time. Chosen ids stay on the device
+    # and are read back every `sync_every` steps (every step on a CPU; on a GPU a read-back stalls the launch
+    # queue); steps a row takes after its end are discarded, and finished rows leave the batch at read-backs.
+    sync_every = model.sync_every or (1 if device.type == "cpu" else 8)
     active = [i for i in range(n) if not done[i]]
     if active and len(active) < n:
         past.batch_select_indices(torch.tensor(active, device=device))
         mask = mask[active]
+    step_ids = torch.tensor([[next_ids[i]] for i in active], device=device)
+    pos = torch.tensor([[prefix + valid[i]] for i in active], device=device)
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (chosen ids [A], states [A, H]) not yet read back
     while active:
-        step_ids = torch.tensor([[next_ids[i]] for i in active], device=device)
-        pos = torch.tensor([[prefix + valid[i]] for i in active], device=device)
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
         out, past = model.run_llm(embed(step_ids), attention_mask=mask, position_ids=pos, past_key_values=past,
                                   use_cache=True)
         h = out[:, -1]
-        chosen = model.lm_head(h).float().argmax(-1).tolist()
+        chosen = model.lm_head(h).float().argmax(-1)
+        pending.append((chosen, h))
+        step_ids, pos = chosen[:, None], pos + 1
+        budget = min(requests[i].max_new_tokens - len(tokens[i]) for i in active)
+        if len(pending) < min(sync_every, budget):
+            continue
+        values = torch.stack([c for c, _ in pending]).tolist()  # the one read-back: [steps, rows]
         keep = []
-        for row, (i, tok) in enumerate(zip(active, chosen)):
-            valid[i] += 1
-            tokens[i].append(tok)
-            if tok == model.seg_token_id:
-                seg[i].append(h[row])
-            if tok == model.eos_token_id or len(tokens[i]) >= requests[i].max_new_tokens:
-                done[i] = True
-            else:
-                next_ids[i] = tok
+        for row, i in enumerate(active):
+            for step, (_, states) in enumerate(pending):
+                tok = values[step][row]
+                tokens[i].append(tok)
+                if tok == model.seg_token_id:
+                    seg[i].append(states[row])
+                if tok == model.eos_token_id or len(tokens[i]) >= requests[i].max_new_tokens:
+                    done[i] = True
+                    break
+            if not done[i]:
                 keep.append(row)
+        pending.clear()
         if len(keep) < len(active):
             if keep:
                 index = torch.tensor(keep, device=device)
                 past.batch_select_indices(index)
-                mask = mask[index]
+                mask, step_ids, pos = mask[index], step_ids[index], pos[index]
             active = [active[row] for row in keep]
     t2 = model.clock()
     timings = {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "batch": float(n)}

@@ -96,12 +96,19 @@ def test_generate_batch_rows_equal_generate(fitted_tiny):
         ref = model.generate(r.embeds.unsqueeze(0), r.max_new_tokens, past_key_values=past, draft=r.draft)
         past.crop(-(past.get_seq_length() - pred._prefix[2]))
         refs.append(ref)
-    outs = generate_batch(model, reqs)
-    for out, ref in zip(outs, refs):
-        assert out.token_ids == ref.token_ids
-        assert out.seg_hidden.shape == ref.seg_hidden.shape
-        torch.testing.assert_close(out.seg_hidden, ref.seg_hidden, rtol=1e-3, atol=1e-3)
-    assert len(outs[3].token_ids) == 3
+    # sync_every 1 is the CPU default; 2 and 5 read ids back every few steps, as on a GPU (no sync per token)
+    for sync_every in (1, 2, 5):
+        model.sync_every = sync_every
+        try:
+            outs = generate_batch(model, reqs)
+        finally:
+            model.sync_every = 0
+        for out, ref in zip(outs, refs):
+            assert out.token_ids == ref.token_ids, sync_every
+            assert out.seg_hidden.shape == ref.seg_hidden.shape
+            torch.testing.assert_close(out.seg_hidden, ref.seg_hidden, rtol=1e-3, atol=1e-3)
+        assert len(outs[3].token_ids) == 3
+    assert max(len(r.token_ids) for r in refs) > 5  # some row decodes past a read-back interval
 
 
 def test_rows_with_different_prefix_lengths_are_refused(fitted_tiny):
