@@ -93,6 +93,11 @@ STAGES: dict[str, StagePlan] = {
                      modules=("model.mm_projector", "model.region_fea_adapter", "input_layernorm",
                               "post_attention_layernorm", "new_token_rows"),
                      kinds=("vqa", "region"), loss={"ce": 1.0, "bce": 0.0, "dice": 0.0, "focal": 0.0}),
+    # II': the same on the per-image closed questions only (modality, plane, body part): a short top-up when
+    # those answers lag (the mixed stage sees each closed kind in ~1 of 6 conversations).
+    "closed": StagePlan("closed", ATTN, (1,), force_expert=1,
+                        modules=("model.mm_projector", "input_layernorm", "post_attention_layernorm"),
+                        kinds=("vqa",), loss={"ce": 1.0, "bce": 0.0, "dice": 0.0, "focal": 0.0}),
     # III: grounding expert (expert 0) FFN LoRA; mask decoder and text->prompt MLP.
     "ground": StagePlan("ground", (), (0,), force_expert=0,
                         modules=("model.visual_model.mask_decoder", "model.text_hidden_fcs", "new_token_rows"),

@@ -29,12 +29,13 @@ from .predictor import MedPLIBPredictor
 from .preprocess import postprocess_masks
 
 logger = logging.getLogger(__name__)
-STAGE_ORDER = {"vqa": ["vqa"], "ground": ["ground"], "moe": ["moe"], "all": ["vqa", "ground", "moe"]}
+STAGE_ORDER = {"vqa": ["vqa"], "closed": ["closed"], "ground": ["ground"], "moe": ["moe"],
+               "all": ["vqa", "ground", "moe"]}
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "all"  # vqa | ground | moe | all (= vqa, ground, moe in turn)
+    stage: str = "all"  # vqa | closed | ground | moe | all (= vqa, ground, moe in turn)
     epochs: int = 1  # per stage
     batch_size: int = 2
     lr: float = 3e-4
@@ -316,7 +317,23 @@ def _mask_step(model, items: list[tuple], w: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def validate(model: MedPLIBForCausalLM, tokenizer, examples: list[Example]) -> dict:
-    """Generation-based validation: grounding Dice and closed-answer accuracy; `score` ranks checkpoints."""
+    """Generation-based validation: grounding Dice and closed-answer accuracy; `score` ranks checkpoints.
+
+    The router decides as at inference, even in a stage that trains one expert densely: the score picks the
+    checkpoint that is published and served (forced to the VQA expert, grounding would score 0)."""
+    from .moe import moe_layers
+
+    forced = [(moe, moe.force_expert) for moe in moe_layers(model)]
+    for moe, _ in forced:
+        moe.force_expert = None
+    try:
+        return _validate(model, tokenizer, examples)
+    finally:
+        for moe, expert in forced:
+            moe.force_expert = expert
+
+
+def _validate(model: MedPLIBForCausalLM, tokenizer, examples: list[Example]) -> dict:
     pred = MedPLIBPredictor(model, tokenizer)
     dices, hits = [], []
     last_key = None

@@ -240,3 +240,40 @@ def test_served_model_has_lora_folded_in_with_the_same_answers(tmp_path):
         answers.append(pred.ask("Please segment the liver.", max_new_tokens=6))
     assert answers[0].token_ids == answers[1].token_ids
     np.testing.assert_allclose(answers[0].mask_logits, answers[1].mask_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_closed_stage_trains_the_vqa_expert_on_closed_questions_only():
+    from medplib.lora import STAGES, configure_stage
+    from medplib.trainer import STAGE_ORDER
+
+    assert STAGE_ORDER["closed"] == ["closed"] and STAGES["closed"].kinds == ("vqa",)
+    model, _ = build_model("tiny", seed=0)
+    add_lora(model, LoraSettings(r=2, alpha=4))
+    params = {n for n, p in model.named_parameters() if p in set(configure_stage(model, STAGES["closed"]))}
+    assert any("deepspeed_experts.1.gate_proj.lora_A" in n for n in params)
+    assert any("self_attn.q_proj.lora_A" in n for n in params) and any("mm_projector" in n for n in params)
+    assert not any("deepspeed_experts.0." in n for n in params)  # the grounding expert rests
+    assert not any("mask_decoder" in n or "text_hidden_fcs" in n or "region_fea_adapter" in n for n in params)
+    assert all(m.force_expert == 1 for m in [layer.mlp for layer in model.model.layers])
+
+
+def test_validation_routes_as_inference_does(fitted_tiny):
+    """A stage that forces one expert must not validate (and so publish) under that forcing."""
+    from medplib.moe import moe_layers
+    from medplib.trainer import Example, validate
+
+    model, tok, img, masks, _ = fitted_tiny
+    examples = [Example("ground", "Please segment the liver.", "Sure, it is <SEG>.", img, build=lambda: None,
+                        masks=[masks["liver"]], key=(0,)),
+                Example("vqa", "What modality is this?", "CT", img, build=lambda: None, key=(0,))]
+    free = validate(model, tok, examples)
+    assert free["val_dice"] > 0.3  # the fitted model grounds the liver
+    for moe in moe_layers(model):
+        moe.force_expert = 1
+    try:
+        forced = validate(model, tok, examples)
+        assert all(moe.force_expert == 1 for moe in moe_layers(model))  # the stage's setting is restored
+    finally:
+        for moe in moe_layers(model):
+            moe.force_expert = None
+    assert forced == free

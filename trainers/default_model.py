@@ -31,11 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", default="monailabel_app/model")
     parser.add_argument("--name", default="default_small")
     parser.add_argument("--slice-step", type=int, default=3)
-    parser.add_argument("--stage", default=RECIPE["stage"], choices=("all", "vqa", "ground", "moe"),
+    parser.add_argument("--stage", default=RECIPE["stage"], choices=("all", "vqa", "closed", "ground", "moe"),
                         help="stages to run (a new --name continues from the published model)")
     parser.add_argument("--steps", type=int, default=RECIPE["max_steps_per_epoch"], help="steps per LLM stage")
     parser.add_argument("--mask-epochs", type=int, default=RECIPE["mask_epochs"])
     parser.add_argument("--val-samples", type=int, default=RECIPE["val_samples"])
+    parser.add_argument("--lr", type=float, default=RECIPE["lr"])
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     from .run import RunPaths, run_training
 
     cfg = TrainConfig(**{**RECIPE, "stage": args.stage, "max_steps_per_epoch": args.steps, "mask_epochs": args.mask_epochs,
-                         "val_samples": args.val_samples})
+                         "val_samples": args.val_samples, "lr": args.lr})
     datastore = LocalDatastore(args.studies, auto_reload=False)
     paths = RunPaths(Path(args.model_dir), args.name, "small")
     t0 = time.time()

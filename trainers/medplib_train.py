@@ -44,7 +44,7 @@ class MedPLIBTrainTask(TrainTask):
         self.publish_as = publish_as
 
     def config(self) -> dict[str, Any]:
-        return {"name": "train_01", "stage": ["all", "vqa", "ground", "moe"], "epochs": 1, "batch_size": 2,
+        return {"name": "train_01", "stage": ["all", "vqa", "closed", "ground", "moe"], "epochs": 1, "batch_size": 2,
                 "lr": 3e-4, "lora_r": 8, "train_encoders": False, "mask_epochs": 0, "max_steps_per_epoch": 0,
                 "slice_step": 4, "val_slice_step": 6, "val_samples": 32, "resume": True, "multi_gpu": False,
                 "fsdp": False, "nproc": 2, "seed": 0}
@@ -64,8 +64,8 @@ class MedPLIBTrainTask(TrainTask):
     def request_config(self, request: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
         defaults = {k: (v[0] if isinstance(v, list) else v) for k, v in self.config().items()}
         req = {**defaults, **{k: v for k, v in request.items() if k in defaults and v not in (None, "")}}
-        if req["stage"] not in ("all", "vqa", "ground", "moe"):
-            raise ValueError(f"stage must be all, vqa, ground or moe, got {req['stage']!r}")
+        if req["stage"] not in ("all", "vqa", "closed", "ground", "moe"):
+            raise ValueError(f"stage must be all, vqa, closed, ground or moe, got {req['stage']!r}")
         cfg = TrainConfig(stage=req["stage"], epochs=int(req["epochs"]), batch_size=int(req["batch_size"]),
                           lr=float(req["lr"]), lora=LoraSettings(r=int(req["lora_r"]), alpha=2 * int(req["lora_r"])),
                           train_encoders=_bool(req["train_encoders"]), mask_epochs=int(req["mask_epochs"]),
