@@ -1,4 +1,4 @@
-"""Many clients' questions in one batch: batched encoders, image prefills, LLM decoding and mask decoder.
+"""Many clients' questions in one batch: batched encoders, LLM pass (image prefixes included), decoding, mask decoder.
 
 Each job keeps its own `MedPLIBPredictor` (its cached slice features and image-prefix KV cache), so a batched
 answer is the answer that predictor's `ask` gives, and its caches serve the client's next question or refinement

@@ -3,8 +3,8 @@
 Infer requests run in several worker threads (see `server.py`); each slice question is handed to this batcher and
 its thread waits. One model thread takes whatever questions are waiting (up to `max_batch`, after at most
 `wait_s` for more once the model is free) and answers them together with `medplib.batch_ask`: one CLIP and one
-SAM encoder call for the new slices, one LLM prefill for their image prefixes, batched greedy decoding, one
-mask-decoder call. A lone request is not delayed by more than `wait_s`.
+SAM encoder call for the new slices, one LLM pass for the new slices' image prefixes together with every
+question and its draft (a group per cached-prefix length), batched greedy decoding, one mask-decoder call. A lone request is not delayed by more than `wait_s`.
 """
 
 from __future__ import annotations
