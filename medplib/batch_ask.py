@@ -1,4 +1,6 @@
-"""Many clients' questions in one batch: batched encoders, LLM pass (image prefixes included), decoding, mask decoder.
+"""Many clients' questions in one batch: one LLM pass (image prefixes included), batched decoding, one mask decoder.
+
+New slices are encoded together beforehand by `medplib.predictor.set_images`.
 
 Each job keeps its own `MedPLIBPredictor` (its cached slice features and image-prefix KV cache), so a batched
 answer is the answer that predictor's `ask` gives, and its caches serve the client's next question or refinement
@@ -15,8 +17,8 @@ import torch
 
 from .batch_decode import DecodeRequest, generate_batch
 from .conversation import Turn
-from .predictor import Answer, ImageFeatures, MedPLIBPredictor
-from .preprocess import Window, clip_pixel_values, postprocess_masks, prepare_rgb, sam_pixel_values
+from .predictor import Answer, MedPLIBPredictor
+from .preprocess import postprocess_masks
 from .regions import Region
 
 
@@ -33,37 +35,6 @@ class AskJob:
     history: Sequence[Turn] = ()
     max_new_tokens: int | None = None
     draft_answer: str | None = None
-
-
-@torch.no_grad()
-def set_images(predictors: list[MedPLIBPredictor], images: list[np.ndarray],
-               windows: list[Window | None]) -> None:
-    """`set_image` for many predictors of one model with one CLIP and one SAM encoder call."""
-    if not predictors:
-        return
-    model = predictors[0].model
-    cfg = model.config
-    t0 = model.clock()
-    rgbs = [prepare_rgb(image, window) for image, window in zip(images, windows)]
-    for rgb in rgbs:
-        if min(rgb.shape[:2]) < 2:
-            raise ValueError(f"image too small: {rgb.shape[:2]}")
-    clip_px = torch.stack([clip_pixel_values(rgb, cfg.vision.image_size) for rgb in rgbs])
-    sam = [sam_pixel_values(rgb, cfg.sam.image_size, cfg.sam.pixel_mean, cfg.sam.pixel_std) for rgb in rgbs]
-    t1 = model.clock()
-    image_tokens, patches = model.encode_images(clip_px)
-    t2 = model.clock()
-    sam_embedding = model.encode_sam(torch.stack([px for px, _ in sam]))
-    t3 = model.clock()
-    n = len(predictors)
-    for i, pred in enumerate(predictors):
-        pred.reset_image()
-        pred.features = ImageFeatures(rgbs[i].shape[:2], tuple(sam[i][1]), image_tokens[i], patches[i],
-                                      sam_embedding[i:i + 1])
-        pred.counters["clip_encoder"] += 1
-        pred.counters["sam_encoder"] += 1
-        pred.last_timings = {"preprocess": (t1 - t0) * 1e3 / n, "clip_encoder": (t2 - t1) * 1e3 / n,
-                             "sam_encoder": (t3 - t2) * 1e3 / n, "batch": float(n)}
 
 
 @torch.no_grad()

@@ -15,7 +15,8 @@ import torch
 
 from .conversation import GROUND_ANSWER, IMAGE_TOKEN_INDEX, Turn, build_input_ids
 from .modeling import MedPLIBForCausalLM
-from .preprocess import clip_pixel_values, postprocess_masks, sam_pixel_values
+from .predictor import encode_batch
+from .preprocess import postprocess_masks
 
 
 @dataclass
@@ -31,10 +32,8 @@ def ground_batch(model: MedPLIBForCausalLM, tokenizer, images: list[np.ndarray],
                  answer: str = GROUND_ANSWER) -> BatchGrounding:
     """`images` are HxWx3 uint8 (all the same size, e.g. slices of one volume)."""
     cfg = model.config
-    clip = torch.stack([clip_pixel_values(im, cfg.vision.image_size) for im in images])
-    sam = [sam_pixel_values(im, cfg.sam.image_size, cfg.sam.pixel_mean, cfg.sam.pixel_std) for im in images]
-    image_tokens, _ = model.encode_images(clip)
-    sam_emb = model.encode_sam(torch.stack([px for px, _ in sam]))
+    feats, _ = encode_batch(model, images, [None] * len(images))
+    image_tokens = torch.stack([f.image_tokens for f in feats])
     ids, labels = build_input_ids(tokenizer, cfg.system_prompt, [Turn(question, answer)])
     # The text before the image (system prompt) is the same for every image: run it once, share its KV cache.
     cut = ids.index(IMAGE_TOKEN_INDEX)
@@ -58,7 +57,7 @@ def ground_batch(model: MedPLIBForCausalLM, tokenizer, images: list[np.ndarray],
             out.append(None)
             continue
         prompts = model.seg_to_prompt(hidden[i, seg_pos])
-        low, _ = model.decode_masks(sam_emb[i:i + 1], prompts)
-        full = postprocess_masks(low.float(), sam[i][1], images[i].shape[:2])[:, 0]
+        low, _ = model.decode_masks(feats[i].sam_embedding, prompts)
+        full = postprocess_masks(low.float(), feats[i].resize, feats[i].original_size)[:, 0]
         out.append(full[0].cpu().numpy().astype(np.float32))  # the template has one <SEG>
     return BatchGrounding(out, forced_ok)

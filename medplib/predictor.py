@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from .conversation import IMAGE_TOKEN_INDEX, Turn, build_input_ids, with_region_markers
 from .modeling import MedPLIBForCausalLM
@@ -26,6 +27,47 @@ class ImageFeatures:
     sam_embedding: torch.Tensor  # [1, 256, 16, 16]
 
 
+def encode_batch(model: MedPLIBForCausalLM, images: Sequence[np.ndarray],
+                 windows: Sequence[Window | None]) -> tuple[list[ImageFeatures], dict[str, float]]:
+    """Both branches' features of several images with one CLIP and one SAM encoder call; per-image ms."""
+    cfg = model.config
+    t0 = model.clock()
+    rgbs = [prepare_rgb(image, window) for image, window in zip(images, windows)]
+    for rgb in rgbs:
+        if min(rgb.shape[:2]) < 2:
+            raise ValueError(f"image too small: {rgb.shape[:2]}")
+    clip_px = torch.stack([clip_pixel_values(rgb, cfg.vision.image_size) for rgb in rgbs])
+    sam = [sam_pixel_values(rgb, cfg.sam.image_size, cfg.sam.pixel_mean, cfg.sam.pixel_std) for rgb in rgbs]
+    t1 = model.clock()
+    image_tokens, patches = model.encode_images(clip_px)
+    t2 = model.clock()
+    sam_embedding = model.encode_sam(torch.stack([px for px, _ in sam]))
+    t3 = model.clock()
+    feats = [ImageFeatures(rgb.shape[:2], tuple(resize), image_tokens[i], patches[i], sam_embedding[i:i + 1])
+             for i, (rgb, (_, resize)) in enumerate(zip(rgbs, sam))]
+    n = len(rgbs)
+    timings = {"preprocess": (t1 - t0) * 1e3 / n, "clip_encoder": (t2 - t1) * 1e3 / n,
+               "sam_encoder": (t3 - t2) * 1e3 / n}
+    if n > 1:
+        timings["batch"] = float(n)
+    return feats, timings
+
+
+@torch.no_grad()
+def set_images(predictors: Sequence["MedPLIBPredictor"], images: Sequence[np.ndarray],
+               windows: Sequence[Window | None]) -> None:
+    """`set_image` for several predictors of one model, with one encoder call per branch."""
+    if not predictors:
+        return
+    feats, timings = encode_batch(predictors[0].model, images, windows)
+    for pred, f in zip(predictors, feats):
+        pred.reset_image()
+        pred.features = f
+        pred.counters["clip_encoder"] += 1
+        pred.counters["sam_encoder"] += 1
+        pred.last_timings = dict(timings)
+
+
 @dataclass
 class _Prepared:
     """A question ready for the LLM (see `MedPLIBPredictor._prepare`)."""
@@ -34,7 +76,6 @@ class _Prepared:
     past: object  # the image-prefix KV cache (None without prefix caching)
     embeds: torch.Tensor  # [L, hidden] what follows the cached prefix
     draft: list[int] | None
-    t0: float
     timings_ms: dict[str, float]
     new_prefix: tuple[list[int], int] | None = None  # (prefix ids, length) when `past` is a new, empty cache
 
@@ -80,24 +121,7 @@ class MedPLIBPredictor:
 
         `image` is a 2D scalar slice (windowed to uint8 by `window` or robust percentiles) or HxWx3 uint8 RGB.
         """
-        t0 = self.model.clock()
-        rgb = prepare_rgb(image, window)
-        if min(rgb.shape[:2]) < 2:
-            raise ValueError(f"image too small: {rgb.shape[:2]}")
-        cfg = self.model.config
-        clip_px = clip_pixel_values(rgb, cfg.vision.image_size).unsqueeze(0)
-        sam_px, resize = sam_pixel_values(rgb, cfg.sam.image_size, cfg.sam.pixel_mean, cfg.sam.pixel_std)
-        t1 = self.model.clock()
-        image_tokens, patches = self.model.encode_images(clip_px)
-        self.counters["clip_encoder"] += 1
-        t2 = self.model.clock()
-        sam_embedding = self.model.encode_sam(sam_px.unsqueeze(0))
-        self.counters["sam_encoder"] += 1
-        t3 = self.model.clock()
-        self.features = ImageFeatures(rgb.shape[:2], tuple(resize), image_tokens[0], patches[0], sam_embedding)
-        self._prefix, self._last_seg, self._last_answer = None, None, None
-        self.last_timings = {"preprocess": (t1 - t0) * 1e3, "clip_encoder": (t2 - t1) * 1e3,
-                             "sam_encoder": (t3 - t2) * 1e3}
+        set_images([self], [image], [window])
 
     def memory_bytes(self) -> int:
         """Bytes held by the cached image features and the image-prefix KV cache."""
@@ -167,8 +191,7 @@ class MedPLIBPredictor:
         if draft_answer:
             eos = self.tokenizer.eos_token or "</s>"
             draft = self.tokenizer.encode(f" {draft_answer}{eos}", add_special_tokens=False)  # as in training
-        return _Prepared(ids, past, embeds, draft, t0, {"prompt": (t1 - t0) * 1e3},
-                         new_prefix)
+        return _Prepared(ids, past, embeds, draft, {"prompt": (t1 - t0) * 1e3}, new_prefix)
 
     def _finish(self, prep: "_Prepared", out, points, point_labels, box) -> Answer:
         """Everything after the LLM call: <SEG> states -> masks, the text, timings."""
@@ -198,8 +221,6 @@ class MedPLIBPredictor:
         its KV cache is kept: later questions only run their own few tokens. The first question runs the prefix,
         its own tokens and its draft in one pass into a new cache, cropped back to the prefix afterwards.
         """
-        from transformers import DynamicCache
-
         from .conversation import IM_END
 
         im_end = self.tokenizer.convert_tokens_to_ids(IM_END)

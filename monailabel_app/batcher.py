@@ -4,7 +4,8 @@ Infer requests run in several worker threads (see `server.py`); each slice quest
 its thread waits. One model thread takes whatever questions are waiting (up to `max_batch`, after at most
 `wait_s` for more once the model is free) and answers them together with `medplib.batch_ask`: one CLIP and one
 SAM encoder call for the new slices, one LLM pass for the new slices' image prefixes together with every
-question and its draft (a group per cached-prefix length), batched greedy decoding, one mask-decoder call. A lone request is not delayed by more than `wait_s`.
+question and its draft (a group per cached-prefix length), batched greedy decoding, one mask-decoder call.
+A lone request is not delayed by more than `wait_s`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from medplib.batch_ask import AskJob, ask_batch, set_images
-from medplib.predictor import Answer, MedPLIBPredictor
+from medplib.batch_ask import AskJob, ask_batch
+from medplib.predictor import Answer, MedPLIBPredictor, set_images
 from medplib.preprocess import Window
 
 logger = logging.getLogger(__name__)

@@ -180,6 +180,11 @@ class MedPLIBEngine:
             pred, cached = self.predictor(key, plane, window)
             return pred.ask(question, **kwargs), cached
 
+    def serving_stats(self) -> dict:
+        """The slice cache's and the batcher's counters (the batcher is None until the first batched question)."""
+        return {"feature_cache": self.features.stats(),
+                "batcher": self._batcher.stats() if self._batcher is not None else None}
+
     def batcher(self):
         from .batcher import ModelBatcher
 

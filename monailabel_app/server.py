@@ -198,6 +198,5 @@ async def queue_status():
     for instance in list(apps.values()):  # the app, once built (no model is loaded for this)
         engine = getattr(instance, "engine", None)
         if engine is not None:
-            status["feature_cache"] = engine.features.stats()
-            status["batcher"] = engine._batcher.stats() if engine._batcher is not None else None
+            status.update(engine.serving_stats())
     return JSONResponse(status)

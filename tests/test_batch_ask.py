@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medplib.batch_ask import AskJob, ask_batch, set_images
+from medplib.batch_ask import AskJob, ask_batch
 from medplib.batch_decode import DecodeRequest, generate_batch
 from medplib.conversation import GROUND_ANSWER
-from medplib.predictor import MedPLIBPredictor
+from medplib.predictor import MedPLIBPredictor, set_images
 from medplib.regions import Point
 
 
