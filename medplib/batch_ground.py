@@ -32,7 +32,7 @@ def ground_batch(model: MedPLIBForCausalLM, tokenizer, images: list[np.ndarray],
                  answer: str = GROUND_ANSWER) -> BatchGrounding:
     """`images` are HxWx3 uint8 (all the same size, e.g. slices of one volume)."""
     cfg = model.config
-    feats, _ = encode_batch(model, images, [None] * len(images))
+    feats, _ = encode_batch(model, images, [None] * len(images), for_regions=False)
     image_tokens = torch.stack([f.image_tokens for f in feats])
     ids, labels = build_input_ids(tokenizer, cfg.system_prompt, [Turn(question, answer)])
     # The text before the image (system prompt) is the same for every image: run it once, share its KV cache.

@@ -94,6 +94,7 @@ class MedPLIBConfig:
     projector_type: str = "mlp2x_gelu"
     point_span: int = 20  # a point becomes a (2*span+1)^2 square at the original image scale
     max_region_samples: int = 512
+    region_pixel_dim: int = 0  # > 0: add fine-resolution region features (`medplib.region_pixels`); 0 = official
     mask_threshold: float = 0.1  # sigmoid threshold of the original eval and demo
     max_new_tokens: int = 128
     system_prompt: str = (
@@ -173,6 +174,7 @@ def small_config() -> MedPLIBConfig:
         sam=SamConfig(image_size=256, embed_dim=192, depth=4, num_heads=4, global_attn_indexes=(1, 3),
                       window_size=8, out_chans=128, encoder_adapter=False, decoder_mlp_dim=512, decoder_heads=4,
                       iou_head_hidden_dim=128),
+        region_pixel_dim=64,
         max_new_tokens=32,
     )
 

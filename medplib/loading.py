@@ -185,6 +185,10 @@ def load_delta(folder: Path, device, dtype) -> tuple[MedPLIBForCausalLM, object]
                 model.model.embed_tokens.weight[model.base_vocab_size:] = value.to(torch.float32)
             else:
                 own[key].copy_(value.to(own[key].dtype))
+    # What this checkpoint changed over its base: a training run continuing from it must save these again,
+    # even the tensors it does not train itself, or its delta would fall back to the base's values.
+    model.delta_base = base
+    model.delta_keys = {"model.embed_tokens.weight" if k == EMB_ROWS_KEY else k for k in state}
     return finalize(model, device, dtype), tokenizer
 
 

@@ -90,14 +90,21 @@ class StagePlan:
 STAGES: dict[str, StagePlan] = {
     # II: VQA expert (expert 1) with LoRA on attention too; projector, norms, new tokens, region adapter.
     "vqa": StagePlan("vqa", ATTN, (1,), force_expert=1,
-                     modules=("model.mm_projector", "model.region_fea_adapter", "input_layernorm",
-                              "post_attention_layernorm", "new_token_rows"),
+                     modules=("model.mm_projector", "model.region_fea_adapter", "model.region_pixel_",
+                              "input_layernorm", "post_attention_layernorm", "new_token_rows"),
                      kinds=("vqa", "region"), loss={"ce": 1.0, "bce": 0.0, "dice": 0.0, "focal": 0.0}),
     # II': the same on the per-image closed questions only (modality, plane, body part): a short top-up when
     # those answers lag (the mixed stage sees each closed kind in ~1 of 6 conversations).
     "closed": StagePlan("closed", ATTN, (1,), force_expert=1,
                         modules=("model.mm_projector", "input_layernorm", "post_attention_layernorm"),
                         kinds=("vqa",), loss={"ce": 1.0, "bce": 0.0, "dice": 0.0, "focal": 0.0}),
+    # II routed: stage II's questions and trainable set, but the router decides which expert each token uses,
+    # as when served (it sends ~half of a VQA prompt's tokens to the grounding expert), and both experts learn.
+    # The router itself stays as stage IV left it, so grounding keeps its routing.
+    "vqa_routed": StagePlan("vqa_routed", ATTN, (0, 1), force_expert=None,
+                            modules=("model.mm_projector", "model.region_fea_adapter", "model.region_pixel_",
+                                     "input_layernorm", "post_attention_layernorm", "new_token_rows"),
+                            kinds=("vqa", "region"), loss={"ce": 1.0, "bce": 0.0, "dice": 0.0, "focal": 0.0}),
     # III: grounding expert (expert 0) FFN LoRA; mask decoder and text->prompt MLP.
     "ground": StagePlan("ground", (), (0,), force_expert=0,
                         modules=("model.visual_model.mask_decoder", "model.text_hidden_fcs", "new_token_rows"),
@@ -105,7 +112,7 @@ STAGES: dict[str, StagePlan] = {
     # IV: router plus LoRA on q, v and both experts; decoder, text MLP, region adapter, new tokens.
     "moe": StagePlan("moe", ("q_proj", "v_proj"), (0, 1), train_router=True,
                      modules=("model.visual_model.mask_decoder", "model.text_hidden_fcs", "model.region_fea_adapter",
-                              "new_token_rows"),
+                              "model.region_pixel_", "new_token_rows"),
                      loss={"ce": 1.0, "bce": 2.0, "dice": 0.5, "focal": 0.0}),
 }
 ENCODERS = ("model.vision_tower", "model.visual_model.image_encoder", "model.visual_model.prompt_encoder",

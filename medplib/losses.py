@@ -25,6 +25,7 @@ class TrainSample:
     input_ids: list[int]
     labels: list[int]
     region_grids: list[np.ndarray] = field(default_factory=list)
+    region_coverages: list[np.ndarray] = field(default_factory=list)  # fine region features (region_pixel_dim)
     gt_masks: torch.Tensor | None = None  # [n_seg, H, W] in {0, 1}, one per <SEG> in the answers
 
 
@@ -58,9 +59,15 @@ def compute_loss(model: MedPLIBForCausalLM, batch: list[TrainSample], weights: L
     image_tokens, patches = model.encode_images(clip)
     with torch.no_grad():  # the SAM image encoder is frozen throughout training, as in the paper
         sam_emb = model.encode_sam(torch.stack([s.sam_pixels for s in batch]).to(device))
+    pixel_maps = {}
+    with_regions = [i for i, s in enumerate(batch) if s.region_grids]
+    if with_regions and model.config.region_pixel_dim:  # only the images that have a region prompt
+        pixel_maps = dict(zip(with_regions, model.encode_region_pixels(clip[with_regions])))
     embeds, labels = [], []
     for i, s in enumerate(batch):
-        regions = model.region_features(patches[i], s.region_grids) if s.region_grids else None
+        regions = None
+        if s.region_grids:
+            regions = model.region_features(patches[i], s.region_grids, pixel_maps.get(i), s.region_coverages or None)
         embeds.append(model.embed_sequence(s.input_ids, image_tokens[i], regions))
         labels.append(_expand_labels(s.labels, s.input_ids, image_tokens.shape[1]))
     max_len = max(e.shape[0] for e in embeds)

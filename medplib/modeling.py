@@ -18,6 +18,7 @@ from torch import nn
 from .config import MedPLIBConfig, VisionConfig
 from .conversation import IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX, SEG_TOKEN
 from .moe import convert_llama_to_moe
+from .region_pixels import add_region_pixels, pool_region_pixels
 from .sam_med2d import SamMed2D
 
 
@@ -94,6 +95,7 @@ class MedPLIBForCausalLM(nn.Module):
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, config.out_dim), nn.Dropout(0.0))])
         self.model.visual_model = SamMed2D(config.sam)
         convert_llama_to_moe(self.model, config.moe.num_experts, config.moe.layers)
+        add_region_pixels(self, config.region_pixel_dim)  # last, so every official module's init is unchanged
         self.token_ids = dict(token_ids)
         self.seg_token_id = token_ids[SEG_TOKEN]
         self.eos_token_id = token_ids["eos"]
@@ -135,12 +137,21 @@ class MedPLIBForCausalLM(nn.Module):
         sam = self.model.visual_model
         return sam.encode_image(sam_pixels.to(self.device, sam.image_encoder.patch_embed.proj.weight.dtype))
 
-    def region_features(self, patch_feats: torch.Tensor, grids: list[np.ndarray]) -> torch.Tensor:
+    def encode_region_pixels(self, clip_pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,S,S] -> the fine region feature map [B,dim,S/4,S/4] (models with `region_pixel_dim` only)."""
+        enc = self.model.region_pixel_encoder
+        return enc(clip_pixels.to(self.device, enc.layers[0].weight.dtype))
+
+    def region_features(self, patch_feats: torch.Tensor, grids: list[np.ndarray],
+                        pixel_map: torch.Tensor | None = None,
+                        coverages: list[np.ndarray] | None = None) -> torch.Tensor:
         """Mean of region_fea_adapter(CLIP patches) over each region's grid cells -> [n_regions, hidden].
 
         Cells are sampled bilinearly at (row, col) / G with align_corners=True, exactly as the original's
         point_sample (so the sample positions sit at idx * (G-1)/G). Regions with more than
         `max_region_samples` cells are subsampled evenly instead of randomly, for reproducible answers.
+        With `region_pixel_dim`, the adapted coverage-weighted mean of `pixel_map` ([dim, n, n]) over each
+        region's `coverages` is added (`medplib.region_pixels`).
         """
         if not grids:
             return patch_feats.new_zeros((0, self.llm_config.hidden_size), dtype=self.dtype)
@@ -158,7 +169,12 @@ class MedPLIBForCausalLM(nn.Module):
             xy = cells.flip(-1) / g * 2.0 - 1.0  # grid_sample wants (x, y) in [-1, 1]
             sampled = F.grid_sample(fmap, xy.view(1, 1, -1, 2), mode="bilinear", align_corners=True)
             feats.append(sampled[0, :, 0].mean(dim=-1))
-        return torch.stack(feats).to(self.dtype)
+        out = torch.stack(feats).to(self.dtype)
+        if self.config.region_pixel_dim:
+            if pixel_map is None or coverages is None or len(coverages) != len(grids):
+                raise ValueError("this model pools regions at pixel level too: pass pixel_map and coverages")
+            out = out + self.model.region_pixel_adapter(pool_region_pixels(pixel_map, coverages)).to(self.dtype)
+        return out
 
     # ----------------------------------------------------------------- LLM
     def embed_sequence(self, input_ids: list[int], image_tokens: torch.Tensor | None,

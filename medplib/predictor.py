@@ -13,6 +13,7 @@ from .conversation import IMAGE_TOKEN_INDEX, Turn, build_input_ids, with_region_
 from .modeling import MedPLIBForCausalLM
 from .preprocess import (Window, clip_pixel_values, logit, longest_side_size, postprocess_masks, prepare_rgb,
                          region_grid, sam_pixel_values)
+from .region_pixels import region_coverage
 from .regions import Region, rasterize
 
 
@@ -25,11 +26,26 @@ class ImageFeatures:
     image_tokens: torch.Tensor  # [P, hidden] after the projector
     patch_feats: torch.Tensor  # [P, C] CLIP features (for region pooling)
     sam_embedding: torch.Tensor  # [1, 256, 16, 16]
+    clip_pixels: torch.Tensor | None = None  # [3, S, S], kept only by models with fine region features
+    region_pixels: torch.Tensor | None = None  # [dim, S/4, S/4], computed on the first region question
+
+    def region_pixel_map(self, model: MedPLIBForCausalLM) -> torch.Tensor:
+        """The fine region feature map, computed once per image and only when a region is asked about."""
+        if self.region_pixels is None:
+            self.region_pixels = model.encode_region_pixels(self.clip_pixels[None])[0]
+        return self.region_pixels
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.image_tokens, self.patch_feats, self.sam_embedding, self.clip_pixels,
+                            self.region_pixels) if t is not None]
 
 
-def encode_batch(model: MedPLIBForCausalLM, images: Sequence[np.ndarray],
-                 windows: Sequence[Window | None]) -> tuple[list[ImageFeatures], dict[str, float]]:
-    """Both branches' features of several images with one CLIP and one SAM encoder call; per-image ms."""
+def encode_batch(model: MedPLIBForCausalLM, images: Sequence[np.ndarray], windows: Sequence[Window | None],
+                 for_regions: bool = True) -> tuple[list[ImageFeatures], dict[str, float]]:
+    """Both branches' features of several images with one CLIP and one SAM encoder call; per-image ms.
+
+    `for_regions=False` (grounding only) does not keep what region questions would need later.
+    """
     cfg = model.config
     t0 = model.clock()
     rgbs = [prepare_rgb(image, window) for image, window in zip(images, windows)]
@@ -43,7 +59,9 @@ def encode_batch(model: MedPLIBForCausalLM, images: Sequence[np.ndarray],
     t2 = model.clock()
     sam_embedding = model.encode_sam(torch.stack([px for px, _ in sam]))
     t3 = model.clock()
-    feats = [ImageFeatures(rgb.shape[:2], tuple(resize), image_tokens[i], patches[i], sam_embedding[i:i + 1])
+    keep_pixels = for_regions and bool(cfg.region_pixel_dim)
+    feats = [ImageFeatures(rgb.shape[:2], tuple(resize), image_tokens[i], patches[i], sam_embedding[i:i + 1],
+                           clip_px[i].clone() if keep_pixels else None)  # own storage: cache bytes stay true
              for i, (rgb, (_, resize)) in enumerate(zip(rgbs, sam))]
     n = len(rgbs)
     timings = {"preprocess": (t1 - t0) * 1e3 / n, "clip_encoder": (t2 - t1) * 1e3 / n,
@@ -127,8 +145,7 @@ class MedPLIBPredictor:
         """Bytes held by the cached image features and the image-prefix KV cache."""
         total = 0
         if self.features is not None:
-            f = self.features
-            total += sum(t.numel() * t.element_size() for t in (f.image_tokens, f.patch_feats, f.sam_embedding))
+            total += sum(t.numel() * t.element_size() for t in self.features.tensors())
         if self._prefix is not None:
             for layer in self._prefix[1].layers:
                 total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if t is not None)
@@ -180,7 +197,13 @@ class MedPLIBPredictor:
         self.last_region_masks = region_masks  # what the model received (inspected by geometry tests)
         grids = [region_grid(m, self.model.config.vision.image_size, self.model.config.vision.patch_size)
                  for m in region_masks]
-        region_feats = self.model.region_features(feats.patch_feats, grids) if grids else None
+        region_feats = None
+        if grids:
+            pixel_map = coverages = None
+            if self.model.config.region_pixel_dim:
+                pixel_map = feats.region_pixel_map(self.model)
+                coverages = [region_coverage(m, self.model.config.vision.image_size) for m in region_masks]
+            region_feats = self.model.region_features(feats.patch_feats, grids, pixel_map, coverages)
         turns = list(history) + [Turn(question)]
         ids, _ = build_input_ids(self.tokenizer, self.model.config.system_prompt, turns)
         t1 = self.model.clock()

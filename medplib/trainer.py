@@ -29,13 +29,13 @@ from .predictor import MedPLIBPredictor
 from .preprocess import postprocess_masks
 
 logger = logging.getLogger(__name__)
-STAGE_ORDER = {"vqa": ["vqa"], "closed": ["closed"], "ground": ["ground"], "moe": ["moe"],
-               "all": ["vqa", "ground", "moe"]}
+STAGE_ORDER = {"vqa": ["vqa"], "closed": ["closed"], "vqa_routed": ["vqa_routed"], "ground": ["ground"],
+               "moe": ["moe"], "all": ["vqa", "ground", "moe"]}
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "all"  # vqa | closed | ground | moe | all (= vqa, ground, moe in turn)
+    stage: str = "all"  # vqa | closed | vqa_routed | ground | moe | all (= vqa, ground, moe in turn)
     epochs: int = 1  # per stage
     batch_size: int = 2
     lr: float = 3e-4
@@ -49,8 +49,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     fsdp: bool = False  # with several ranks: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
+    pack_turns: int = 1  # > 1: a slice's VQA and region questions train as multi-turn samples of up to this many
+    region_pixel_dim: int = 0  # > 0: give a start model without it the fine region branch (`medplib.region_pixels`)
 
     def __post_init__(self) -> None:
+        if self.pack_turns < 1:
+            raise ValueError(f"pack_turns must be >= 1, got {self.pack_turns}")
+        if self.region_pixel_dim < 0:
+            raise ValueError(f"region_pixel_dim must be >= 0, got {self.region_pixel_dim}")
         if self.fsdp and self.mask_epochs:
             raise ValueError("fsdp and mask_epochs cannot be combined: the cached-<SEG> mask phase runs on one "
                              "device; run it as a second (DDP or single-process) training job")

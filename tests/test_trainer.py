@@ -257,6 +257,31 @@ def test_closed_stage_trains_the_vqa_expert_on_closed_questions_only():
     assert all(m.force_expert == 1 for m in [layer.mlp for layer in model.model.layers])
 
 
+def test_routed_vqa_stage_lets_the_router_decide_and_trains_both_experts():
+    """Served, the router sends part of a VQA prompt's tokens to the grounding expert; this stage trains that way."""
+    from medplib.lora import STAGES, configure_stage
+    from medplib.losses import compute_loss
+    from medplib.trainer import STAGE_ORDER
+
+    assert STAGE_ORDER["vqa_routed"] == ["vqa_routed"] and STAGES["vqa_routed"].kinds == ("vqa", "region")
+    model, tok = build_model("tiny", seed=0)
+    add_lora(model, LoraSettings(r=2, alpha=4))
+    with torch.no_grad():  # a router that splits the tokens between the experts
+        for layer in model.model.layers:
+            layer.mlp.deepspeed_moe.gate.wg.weight.normal_(0, 1.0)
+    params = configure_stage(model, STAGES["vqa_routed"])
+    names = {n for n, p in model.named_parameters() if p in set(params)}
+    assert all(m.force_expert is None for m in [layer.mlp for layer in model.model.layers])
+    assert not any("deepspeed_moe.gate" in n for n in names)  # grounding keeps the routing stage IV learnt
+    assert not any("mask_decoder" in n or "text_hidden_fcs" in n for n in names)
+    sample = make_sample(model.config, tok, synthetic_image(), "Which plane is this?", "axial")
+    model.train()
+    compute_loss(model, [sample])["loss"].backward()
+    for expert in (0, 1):
+        grads = [p.grad for n, p in model.named_parameters()
+                 if f"deepspeed_experts.{expert}.up_proj.lora_B" in n and p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), expert
+
 def test_validation_routes_as_inference_does(fitted_tiny):
     """A stage that forces one expert must not validate (and so publish) under that forcing."""
     from medplib.moe import moe_layers
@@ -277,3 +302,32 @@ def test_validation_routes_as_inference_does(fitted_tiny):
         for moe in moe_layers(model):
             moe.force_expert = None
     assert forced == free
+
+
+def test_continuing_from_a_delta_keeps_the_tensors_this_run_does_not_train(sample_datastore, tmp_path):
+    """A run that starts from a published delta (e.g. the default model) and trains a narrower set (here the
+    `closed` stage with frozen encoders) must still save the start's CLIP tower, router and embeddings: a delta
+    holding only this run's tensors would load them back at the preset's random init."""
+    from monailabel.datastore.local import LocalDatastore
+
+    from medplib_label.trainers.run import RunPaths, run_training
+
+    model, tok = build_model("tiny", seed=0)
+    add_lora(model, LoraSettings(r=2, alpha=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "vision_tower" in name or "deepspeed_moe.gate" in name or "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    start = {n for n, _ in model.named_parameters() if "vision_tower" in n or "deepspeed_moe.gate" in n or "lora_" in n}
+    paths = RunPaths(tmp_path / "model", "topup", "tiny")
+    save_delta(model, tok, paths.published, base="tiny", trained=start)  # fp16, as the run saves
+    before = from_pretrained(paths.published)[0].state_dict()
+    cfg = TrainConfig(stage="closed", max_steps_per_epoch=1, val_samples=1, lora=LoraSettings(r=2, alpha=4))
+    run_training(LocalDatastore(str(sample_datastore), auto_reload=False), "tiny", paths, cfg, slice_step=60,
+                 val_slice_step=60, progress=False)
+    after = from_pretrained(paths.published)[0].state_dict()
+    for key in before:
+        if "vision_tower" in key or "deepspeed_moe.gate" in key:
+            torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, msg=key)
+    changed = [k for k in before if "self_attn" in k and "lora_B" in k and not torch.equal(after[k], before[k])]
+    assert changed  # the closed stage did train (attention LoRA), and was published over the start

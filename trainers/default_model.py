@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from medplib.lora import LoraSettings
-from medplib.trainer import TrainConfig
+from medplib.trainer import STAGE_ORDER, TrainConfig
 
 RECIPE = dict(stage="all", epochs=1, batch_size=2, lr=3e-4, lora=LoraSettings(r=4, alpha=8), train_encoders=True,
               mask_epochs=12, mask_batch_size=8, mask_lr=1e-3, max_steps_per_epoch=150, val_samples=36, seed=0)
@@ -31,12 +31,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", default="monailabel_app/model")
     parser.add_argument("--name", default="default_small")
     parser.add_argument("--slice-step", type=int, default=3)
-    parser.add_argument("--stage", default=RECIPE["stage"], choices=("all", "vqa", "closed", "ground", "moe"),
+    parser.add_argument("--stage", default=RECIPE["stage"], choices=tuple(STAGE_ORDER),
                         help="stages to run (a new --name continues from the published model)")
+    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"], help="epochs per LLM stage")
     parser.add_argument("--steps", type=int, default=RECIPE["max_steps_per_epoch"], help="steps per LLM stage")
+    parser.add_argument("--mask-slice-step", type=int,
+                        help="slice step of the mask phase's grounding conversations (default: --slice-step)")
     parser.add_argument("--mask-epochs", type=int, default=RECIPE["mask_epochs"])
     parser.add_argument("--val-samples", type=int, default=RECIPE["val_samples"])
     parser.add_argument("--lr", type=float, default=RECIPE["lr"])
+    parser.add_argument("--pack", type=int, default=1,
+                        help="train a slice's VQA and region questions as multi-turn samples of up to N turns")
+    parser.add_argument("--region-pixels", type=int, default=0,
+                        help="give a start model without fine region features that branch, N channels")
+    parser.add_argument("--frozen-encoders", action="store_true", help="keep CLIP and the SAM encoder as they are")
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -44,13 +52,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from .run import RunPaths, run_training
 
-    cfg = TrainConfig(**{**RECIPE, "stage": args.stage, "max_steps_per_epoch": args.steps, "mask_epochs": args.mask_epochs,
-                         "val_samples": args.val_samples, "lr": args.lr})
+    cfg = TrainConfig(**{**RECIPE, "stage": args.stage, "epochs": args.epochs, "max_steps_per_epoch": args.steps, "mask_epochs": args.mask_epochs,
+                         "val_samples": args.val_samples, "lr": args.lr, "pack_turns": args.pack,
+                         "region_pixel_dim": args.region_pixels, "train_encoders": not args.frozen_encoders})
     datastore = LocalDatastore(args.studies, auto_reload=False)
     paths = RunPaths(Path(args.model_dir), args.name, "small")
     t0 = time.time()
     stats = run_training(datastore, "small", paths, cfg, slice_step=args.slice_step, val_slice_step=6,
-                         resume=not args.no_resume, progress=True)
+                         resume=not args.no_resume, progress=True, mask_slice_step=args.mask_slice_step)
     print(json.dumps({"minutes": round((time.time() - t0) / 60, 1), "best_val_score": stats["best_val_score"],
                       "published": stats.get("published"), "threads": torch.get_num_threads()}, indent=1))
 

