@@ -82,10 +82,11 @@ def main() -> None:
     items = region_questions(args.studies, args.slice_step)
     print(f"{len(items)} held-out region questions (slice step {args.slice_step})")
     print("grid   patch  binary-cell pooling (MedPLIB)  coverage-weighted pooling")
-    for patch in (28, 14, 7):
+    for patch in (28, 14, 7, 4):
         print(f"{336 // patch:>4}  {patch:>6}  {oracle(items, 336, patch, args.span, False):>29.3f}  "
               f"{oracle(items, 336, patch, args.span, True):>25.3f}")
-    print("small preset: 12x12 grid (patch 28); official MedPLIB: 24x24 (patch 14)")
+    print("small preset: 12x12 grid (patch 28) plus its fine region branch (84x84 cells, coverage-weighted); "
+          "official MedPLIB: 24x24 (patch 14)")
 
 
 if __name__ == "__main__":

@@ -98,13 +98,14 @@ STAGES: dict[str, StagePlan] = {
     "closed": StagePlan("closed", ATTN, (1,), force_expert=1,
                         modules=("model.mm_projector", "input_layernorm", "post_attention_layernorm"),
                         kinds=("vqa",), loss={"ce": 1.0, "bce": 0.0, "dice": 0.0, "focal": 0.0}),
-    # II routed: stage II's questions and trainable set, but the router decides which expert each token uses,
-    # as when served (it sends ~half of a VQA prompt's tokens to the grounding expert), and both experts learn.
-    # The router itself stays as stage IV left it, so grounding keeps its routing.
+    # II routed: stage II's trainable set, but the router decides which expert each token uses, as when served
+    # (it sends ~half of a VQA prompt's tokens to the grounding expert), and both experts learn. Grounding
+    # conversations are replayed with stage IV's mask losses through the frozen decoder, so training the
+    # grounding expert on answers does not cost the <SEG> answers or their masks. The router stays as it was.
     "vqa_routed": StagePlan("vqa_routed", ATTN, (0, 1), force_expert=None,
                             modules=("model.mm_projector", "model.region_fea_adapter", "model.region_pixel_",
                                      "input_layernorm", "post_attention_layernorm", "new_token_rows"),
-                            kinds=("vqa", "region"), loss={"ce": 1.0, "bce": 0.0, "dice": 0.0, "focal": 0.0}),
+                            kinds=("vqa", "region", "ground"), loss={"ce": 1.0, "bce": 2.0, "dice": 0.5, "focal": 0.0}),
     # III: grounding expert (expert 0) FFN LoRA; mask decoder and text->prompt MLP.
     "ground": StagePlan("ground", (), (0,), force_expert=0,
                         modules=("model.visual_model.mask_decoder", "model.text_hidden_fcs", "new_token_rows"),

@@ -117,6 +117,13 @@ def region_grid(mask: np.ndarray, image_size: int = 336, patch_size: int = 14) -
     if not grid.any() and padded.any():
         cells = padded[: grid_n * patch_size, : grid_n * patch_size].reshape(grid_n, patch_size, grid_n, patch_size)
         grid = cells.max(axis=(1, 3)) > 0
+    if not grid.any() and m.any():  # even the resize lost it (a thin stroke on a large image): its centre's cell
+        h, w = m.shape
+        scale = image_size / max(h, w)
+        top, left = (image_size - round(h * scale)) // 2, (image_size - round(w * scale)) // 2
+        rows, cols = np.nonzero(m)
+        grid[min(int((rows.mean() * scale + top) // patch_size), grid_n - 1),
+             min(int((cols.mean() * scale + left) // patch_size), grid_n - 1)] = True
     return grid
 
 

@@ -90,10 +90,12 @@ class Trainer:
                  save: Callable[[MedPLIBForCausalLM, Path], None],
                  publish: Callable[[Path], None] | None = None,
                  on_epoch: Callable[[dict], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, progress: bool = True):
+                 should_stop: Callable[[], bool] | None = None, progress: bool = True,
+                 mask_examples: list[Example] | None = None):
         self.model, self.tok, self.cfg = model, tokenizer, cfg
         self.out_dir = Path(out_dir)
         self.train, self.val = train, val
+        self.mask_examples = mask_examples  # single grounding turns for the mask phase (default: train's)
         self.save, self.publish = save, publish
         self.on_epoch = on_epoch or (lambda s: None)
         self.should_stop = should_stop or (lambda: False)
@@ -246,7 +248,8 @@ class Trainer:
     def _mask_phase(self, stage_index: int) -> bool:
         """Train the mask branch on cached <SEG> states: the LLM runs once per conversation, SAM many times."""
         model = self.model
-        ground = [e for e in self.train if e.kind == "ground"]
+        ground = self.mask_examples if self.mask_examples is not None else [e for e in self.train
+                                                                            if e.kind == "ground"]
         if not ground:
             return True
         plan = STAGES["ground"]

@@ -263,7 +263,7 @@ def test_routed_vqa_stage_lets_the_router_decide_and_trains_both_experts():
     from medplib.losses import compute_loss
     from medplib.trainer import STAGE_ORDER
 
-    assert STAGE_ORDER["vqa_routed"] == ["vqa_routed"] and STAGES["vqa_routed"].kinds == ("vqa", "region")
+    assert STAGE_ORDER["vqa_routed"] == ["vqa_routed"] and STAGES["vqa_routed"].kinds == ("vqa", "region", "ground")
     model, tok = build_model("tiny", seed=0)
     add_lora(model, LoraSettings(r=2, alpha=4))
     with torch.no_grad():  # a router that splits the tokens between the experts
@@ -331,3 +331,34 @@ def test_continuing_from_a_delta_keeps_the_tensors_this_run_does_not_train(sampl
             torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, msg=key)
     changed = [k for k in before if "self_attn" in k and "lora_B" in k and not torch.equal(after[k], before[k])]
     assert changed  # the closed stage did train (attention LoRA), and was published over the start
+
+
+def test_packed_routed_run_replays_grounding_and_masks_train_on_single_turns(sample_datastore, tmp_path,
+                                                                             monkeypatch):
+    from monailabel.datastore.local import LocalDatastore
+
+    from medplib_label.trainers.run import RunPaths, run_training
+
+    seen = {}
+    original_epoch, original_mask = Trainer._epoch, Trainer._mask_phase
+
+    def spy_epoch(self, stage, epoch, data, *args):
+        seen["stage_kinds"] = sorted({e.kind for e in data})
+        seen["turns"] = max(len(e.question.split(" | ")) for e in data)
+        seen["segs"] = sum(len(e.masks) for e in data)
+        return original_epoch(self, stage, epoch, data, *args)
+
+    def spy_mask(self, stage_index):
+        seen["mask_examples"] = [(e.kind, len(e.question.split(" | "))) for e in self.mask_examples]
+        return original_mask(self, stage_index)
+
+    monkeypatch.setattr(Trainer, "_epoch", spy_epoch)
+    monkeypatch.setattr(Trainer, "_mask_phase", spy_mask)
+    paths = RunPaths(tmp_path / "model", "routed", "tiny")
+    cfg = TrainConfig(stage="vqa_routed", max_steps_per_epoch=2, val_samples=2, pack_turns=8, mask_epochs=1,
+                      lora=LoraSettings(r=2, alpha=4))
+    stats = run_training(LocalDatastore(str(sample_datastore), auto_reload=False), "tiny", paths, cfg, slice_step=30,
+                         val_slice_step=60, progress=False, ground_slice_step=60)
+    assert stats["status"] == "DONE"
+    assert "ground" in seen["stage_kinds"] and seen["turns"] > 1 and seen["segs"] > 0  # grounding is replayed
+    assert seen["mask_examples"] and all(k == "ground" and n == 1 for k, n in seen["mask_examples"])

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="stages to run (a new --name continues from the published model)")
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"], help="epochs per LLM stage")
     parser.add_argument("--steps", type=int, default=RECIPE["max_steps_per_epoch"], help="steps per LLM stage")
-    parser.add_argument("--mask-slice-step", type=int,
-                        help="slice step of the mask phase's grounding conversations (default: --slice-step)")
+    parser.add_argument("--ground-slice-step", type=int,
+                        help="slice step of the grounding conversations (default: --slice-step)")
     parser.add_argument("--mask-epochs", type=int, default=RECIPE["mask_epochs"])
     parser.add_argument("--val-samples", type=int, default=RECIPE["val_samples"])
     parser.add_argument("--lr", type=float, default=RECIPE["lr"])
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = RunPaths(Path(args.model_dir), args.name, "small")
     t0 = time.time()
     stats = run_training(datastore, "small", paths, cfg, slice_step=args.slice_step, val_slice_step=6,
-                         resume=not args.no_resume, progress=True, mask_slice_step=args.mask_slice_step)
+                         resume=not args.no_resume, progress=True, ground_slice_step=args.ground_slice_step)
     print(json.dumps({"minutes": round((time.time() - t0) / 60, 1), "best_val_score": stats["best_val_score"],
                       "published": stats.get("published"), "threads": torch.get_num_threads()}, indent=1))
 

@@ -67,9 +67,11 @@ def _has_weights(folder: Path) -> bool:
     return (folder / WEIGHTS_NAME).is_file() or (folder / DELTA_NAME).is_file()
 
 
-def to_examples(model, tokenizer, convs: list[Conversation], pack_turns: int = 1, seed: int = 0) -> list[Example]:
-    """One Example per conversation; with `pack_turns > 1` the VQA and region questions of a slice are packed
-    into multi-turn Examples of up to that many turns (one image encoding and one LLM pass for all of them)."""
+def to_examples(model, tokenizer, convs: list[Conversation], pack_turns: int = 1, seed: int = 0,
+                pack_kinds: tuple[str, ...] = ("vqa", "region")) -> list[Example]:
+    """One Example per conversation; with `pack_turns > 1` the questions of a slice whose kind is in `pack_kinds`
+    are packed into multi-turn Examples of up to that many turns (one image encoding and one LLM pass for all of
+    them; <SEG> answers keep their masks, in order). A pack's kind is its widest: ground > region > vqa."""
     cfg = model.config
 
     def builder(c: Conversation):
@@ -77,11 +79,12 @@ def to_examples(model, tokenizer, convs: list[Conversation], pack_turns: int = 1
 
     def packed(group: list[Conversation]):
         turns = [QA(c.question, c.answer, tuple(c.regions)) for c in group]
-        return lambda: make_turns_sample(cfg, tokenizer, group[0].rgb, turns)
+        masks = [m for c in group for m in c.masks]
+        return lambda: make_turns_sample(cfg, tokenizer, group[0].rgb, turns, masks)
 
     examples, slices = [], {}
     for c in convs:
-        if pack_turns > 1 and c.kind in ("vqa", "region"):
+        if pack_turns > 1 and c.kind in pack_kinds:
             slices.setdefault((c.image_id, c.axis, c.index), []).append(c)
         else:
             examples.append(Example(c.kind, c.question, c.answer, c.rgb, builder(c), c.regions, c.masks, c.closed,
@@ -91,9 +94,10 @@ def to_examples(model, tokenizer, convs: list[Conversation], pack_turns: int = 1
         rng.shuffle(group)  # every kind of question comes first on some slices, as it does when served
         for start in range(0, len(group), pack_turns):
             part = group[start:start + pack_turns]
-            kind = "region" if any(c.kind == "region" for c in part) else "vqa"
+            kind = next(k for k in ("ground", "region", "vqa") if any(c.kind == k for c in part))
             examples.append(Example(kind, " | ".join(c.question for c in part), " | ".join(c.answer for c in part),
-                                    part[0].rgb, packed(part), [r for c in part for r in c.regions], (),
+                                    part[0].rgb, packed(part), [r for c in part for r in c.regions],
+                                    [m for c in part for m in c.masks],
                                     all(c.closed for c in part), key))
     return examples
 
@@ -156,12 +160,12 @@ def write_stats(paths: RunPaths, stats: dict) -> None:
 
 def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, slice_step: int = 4,
                  val_slice_step: int = 6, resume: bool = True, progress: bool = True,
-                 should_stop: Callable[[], bool] | None = None, mask_slice_step: int | None = None) -> dict[str, Any]:
+                 should_stop: Callable[[], bool] | None = None,
+                 ground_slice_step: int | None = None) -> dict[str, Any]:
     """Build conversations from the datastore's final labels and train; returns the stats.
 
-    `mask_slice_step`: slice step of the grounding conversations that only the mask phase uses (a stage without
-    grounding can then train on every slice while the mask phase, which caches one LLM pass per conversation,
-    stays affordable); default `slice_step`.
+    `ground_slice_step`: slice step of the grounding conversations (default `slice_step`): the mask phase runs
+    the LLM once per grounding conversation, so it stays affordable while the questions use every slice.
     """
     start = time.time()
     (model, tokenizer), spec = load_start_model(model_spec, paths, resume)
@@ -172,10 +176,10 @@ def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, 
     stage_kinds = {k for st in STAGE_ORDER[cfg.stage] for k in STAGES[st].kinds}
     # the mask phase trains on grounding conversations whatever the stage
     kinds = sorted(stage_kinds | ({"ground"} if cfg.mask_epochs else set()))
-    if mask_slice_step and mask_slice_step != slice_step and "ground" not in stage_kinds and cfg.mask_epochs:
+    if ground_slice_step and ground_slice_step != slice_step and "ground" in kinds:
         train_convs = build_conversations(datastore, "train", seed=cfg.seed, slice_step=slice_step,
-                                          kinds=sorted(stage_kinds), span=span)
-        train_convs += build_conversations(datastore, "train", seed=cfg.seed, slice_step=mask_slice_step,
+                                          kinds=[k for k in kinds if k != "ground"], span=span)
+        train_convs += build_conversations(datastore, "train", seed=cfg.seed, slice_step=ground_slice_step,
                                            kinds=["ground"], span=span)
     else:
         train_convs = build_conversations(datastore, "train", seed=cfg.seed, slice_step=slice_step, kinds=kinds,
@@ -198,11 +202,16 @@ def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, 
         stats.update({k: record[k] for k in ("loss", "val_dice", "val_accuracy") if k in record})
         write_stats(paths, stats)
 
+    # A single-stage run packs every kind it trains on; "all" packs only VQA and region (its ground stage and
+    # the mask phase take one grounding conversation per example).
+    pack_kinds = tuple(sorted(stage_kinds)) if len(STAGE_ORDER[cfg.stage]) == 1 else ("vqa", "region")
+    ground = [c for c in train_convs if c.kind == "ground"]
+    mask_examples = to_examples(model, tokenizer, ground) if cfg.mask_epochs and "ground" in pack_kinds else None
     trainer = Trainer(model, tokenizer, cfg, paths.run_dir,
-                      to_examples(model, tokenizer, train_convs, cfg.pack_turns, cfg.seed),
+                      to_examples(model, tokenizer, train_convs, cfg.pack_turns, cfg.seed, pack_kinds),
                       to_examples(model, tokenizer, val_convs), save=make_saver(tokenizer, base, trained),
                       publish=lambda ckpt: publish(ckpt, paths.published), on_epoch=on_epoch,
-                      should_stop=should_stop, progress=progress)
+                      should_stop=should_stop, progress=progress, mask_examples=mask_examples)
     try:
         result = trainer.run()
     except BaseException as exc:  # the published model stays as it was; say why this run ended
