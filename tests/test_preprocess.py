@@ -59,6 +59,13 @@ def test_region_grid_tiny_region_on_large_image_not_lost():
     assert grid.sum() == 1 and grid[12, 12]
 
 
+def test_region_grid_keeps_a_region_that_resizing_drops():
+    mask = np.zeros((2000, 1000), bool)
+    mask[1500, 250] = True  # 1 px shrunk 6x: the nearest resize itself drops it
+    grid = region_grid(mask, 56, 14)  # the tiny preset's 4x4 grid
+    # 2000x1000 -> 56x28, centred: column offset 14; the pixel's centre maps to (42, 14 + 7) -> cell (3, 1)
+    assert grid.sum() == 1 and grid[3, 1]
+
 def test_rasterize_point_box_scribble():
     p = rasterize(Point(50, 60), (100, 120), span=20)
     assert p.sum() == 41 * 41 and p[30, 40] and p[70, 80] and not p[29, 40]
