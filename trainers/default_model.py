@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--region-pixels", type=int, default=0,
                         help="give a start model without fine region features that branch, N channels")
     parser.add_argument("--frozen-encoders", action="store_true", help="keep CLIP and the SAM encoder as they are")
+    parser.add_argument("--seed", type=int, default=RECIPE["seed"],
+                        help="conversation sampling and shuffling seed (another seed: other regions and phrasings)")
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = TrainConfig(**{**RECIPE, "stage": args.stage, "epochs": args.epochs, "max_steps_per_epoch": args.steps, "mask_epochs": args.mask_epochs,
                          "val_samples": args.val_samples, "lr": args.lr, "pack_turns": args.pack,
-                         "region_pixel_dim": args.region_pixels, "train_encoders": not args.frozen_encoders})
+                         "region_pixel_dim": args.region_pixels, "train_encoders": not args.frozen_encoders,
+                         "seed": args.seed})
     datastore = LocalDatastore(args.studies, auto_reload=False)
     paths = RunPaths(Path(args.model_dir), args.name, "small")
     t0 = time.time()
