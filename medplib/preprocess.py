@@ -118,13 +118,22 @@ def region_grid(mask: np.ndarray, image_size: int = 336, patch_size: int = 14) -
         cells = padded[: grid_n * patch_size, : grid_n * patch_size].reshape(grid_n, patch_size, grid_n, patch_size)
         grid = cells.max(axis=(1, 3)) > 0
     if not grid.any() and m.any():  # even the resize lost it (a thin stroke on a large image): its centre's cell
-        h, w = m.shape
-        scale = image_size / max(h, w)
-        top, left = (image_size - round(h * scale)) // 2, (image_size - round(w * scale)) // 2
-        rows, cols = np.nonzero(m)
-        grid[min(int((rows.mean() * scale + top) // patch_size), grid_n - 1),
-             min(int((cols.mean() * scale + left) // patch_size), grid_n - 1)] = True
+        grid[centre_cell(m, image_size, patch_size)] = True
     return grid
+
+
+def centre_cell(mask: np.ndarray, image_size: int, cell: int) -> tuple[int, int]:
+    """(row, col) of the `cell`-px cell of the square model input that holds a mask's centroid (same geometry
+    as the image: longest side resized to `image_size`, centre padded)."""
+    h, w = mask.shape
+    scale = image_size / max(h, w)
+    new_h, new_w = longest_side_size(h, w, image_size)
+    top, left = (image_size - new_h) // 2, (image_size - new_w) // 2
+    rows, cols = np.nonzero(mask)
+    n = image_size // cell
+    row = min(int((rows.mean() * scale + top) // cell), n - 1)
+    col = min(int((cols.mean() * scale + left) // cell), n - 1)
+    return row, col
 
 
 def postprocess_masks(low_res: torch.Tensor, input_size: tuple[int, int],

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .preprocess import centre_pad, resize_longest_side
+from .preprocess import centre_cell, centre_pad, resize_longest_side
 
 STRIDE = 4  # feature cells are 4x4 px of the CLIP input (84x84 for 336 px)
 
@@ -59,13 +59,7 @@ def region_coverage(mask: np.ndarray, image_size: int) -> np.ndarray:
     n = image_size // STRIDE
     cells = padded[: n * STRIDE, : n * STRIDE].reshape(n, STRIDE, n, STRIDE).mean(axis=(1, 3))
     if not cells.any() and m.any():  # a region lost by nearest resizing still covers its cell
-        rows, cols = np.nonzero(m)
-        h, w = m.shape
-        scale = image_size / max(h, w)
-        top, left = (image_size - round(h * scale)) // 2, (image_size - round(w * scale)) // 2
-        r = min(int((rows.mean() * scale + top) // STRIDE), n - 1)
-        c = min(int((cols.mean() * scale + left) // STRIDE), n - 1)
-        cells[r, c] = 1.0
+        cells[centre_cell(m, image_size, STRIDE)] = 1.0
     return cells
 
 
