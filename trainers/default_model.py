@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from .run import RunPaths, run_training
 
-    cfg = TrainConfig(**{**RECIPE, "stage": args.stage, "epochs": args.epochs, "max_steps_per_epoch": args.steps, "mask_epochs": args.mask_epochs,
-                         "val_samples": args.val_samples, "lr": args.lr, "pack_turns": args.pack,
+    cfg = TrainConfig(**{**RECIPE, "stage": args.stage, "epochs": args.epochs, "max_steps_per_epoch": args.steps,
+                         "mask_epochs": args.mask_epochs, "val_samples": args.val_samples, "lr": args.lr, "pack_turns": args.pack,
                          "region_pixel_dim": args.region_pixels, "train_encoders": not args.frozen_encoders,
                          "seed": args.seed})
     datastore = LocalDatastore(args.studies, auto_reload=False)

@@ -44,8 +44,8 @@ class MedPLIBTrainTask(TrainTask):
         self.publish_as = publish_as
 
     def config(self) -> dict[str, Any]:
-        return {"name": "train_01", "stage": ["all", "vqa", "closed", "vqa_routed", "ground", "moe"], "epochs": 1, "batch_size": 2,
-                "lr": 3e-4, "lora_r": 8, "train_encoders": False, "mask_epochs": 0, "max_steps_per_epoch": 0,
+        return {"name": "train_01", "stage": ["all", *[s for s in STAGE_ORDER if s != "all"]], "epochs": 1,
+                "batch_size": 2, "lr": 3e-4, "lora_r": 8, "train_encoders": False, "mask_epochs": 0, "max_steps_per_epoch": 0,
                 "slice_step": 4, "val_slice_step": 6, "val_samples": 32, "resume": True, "multi_gpu": False,
                 "fsdp": False, "nproc": 2, "seed": 0, "pack_turns": 1, "region_pixel_dim": 0}
 
