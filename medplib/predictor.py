@@ -12,8 +12,8 @@ from transformers import DynamicCache
 from .conversation import IMAGE_TOKEN_INDEX, Turn, build_input_ids, with_region_markers
 from .modeling import MedPLIBForCausalLM
 from .preprocess import (Window, clip_pixel_values, logit, longest_side_size, postprocess_masks, prepare_rgb,
-                         region_grid, sam_pixel_values)
-from .region_pixels import region_coverage
+                         sam_pixel_values)
+from .region_pixels import region_inputs
 from .regions import Region, rasterize
 
 
@@ -195,15 +195,11 @@ class MedPLIBPredictor:
             question = with_region_markers(question, len(regions))
         region_masks = [rasterize(r, feats.original_size, self.model.config.point_span) for r in regions]
         self.last_region_masks = region_masks  # what the model received (inspected by geometry tests)
-        grids = [region_grid(m, self.model.config.vision.image_size, self.model.config.vision.patch_size)
-                 for m in region_masks]
+        grids, coverages = region_inputs(self.model.config, region_masks)
         region_feats = None
         if grids:
-            pixel_map = coverages = None
-            if self.model.config.region_pixel_dim:
-                pixel_map = feats.region_pixel_map(self.model)
-                coverages = [region_coverage(m, self.model.config.vision.image_size) for m in region_masks]
-            region_feats = self.model.region_features(feats.patch_feats, grids, pixel_map, coverages)
+            pixel_map = feats.region_pixel_map(self.model) if coverages else None
+            region_feats = self.model.region_features(feats.patch_feats, grids, pixel_map, coverages or None)
         turns = list(history) + [Turn(question)]
         ids, _ = build_input_ids(self.tokenizer, self.model.config.system_prompt, turns)
         t1 = self.model.clock()

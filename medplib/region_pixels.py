@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .preprocess import centre_cell, centre_pad, resize_longest_side
+from .config import MedPLIBConfig
+from .preprocess import centre_cell, centre_pad, region_grid, resize_longest_side
 
 STRIDE = 4  # feature cells are 4x4 px of the CLIP input (84x84 for 336 px)
 
@@ -61,6 +62,14 @@ def region_coverage(mask: np.ndarray, image_size: int) -> np.ndarray:
     if not cells.any() and m.any():  # a region lost by nearest resizing still covers its cell
         cells[centre_cell(m, image_size, STRIDE)] = 1.0
     return cells
+
+
+def region_inputs(config: MedPLIBConfig, masks: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """What the model pools each region mask over: its CLIP grid cells and, with `region_pixel_dim`, its fine
+    coverage (else an empty list). Training samples and the predictor both use this."""
+    grids = [region_grid(m, config.vision.image_size, config.vision.patch_size) for m in masks]
+    coverages = [region_coverage(m, config.vision.image_size) for m in masks] if config.region_pixel_dim else []
+    return grids, coverages
 
 
 def pool_region_pixels(feature_map: torch.Tensor, coverages: list[np.ndarray]) -> torch.Tensor:

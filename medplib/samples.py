@@ -11,8 +11,8 @@ import torch
 from .config import MedPLIBConfig
 from .conversation import Turn, build_input_ids, with_region_markers
 from .losses import TrainSample
-from .preprocess import Window, clip_pixel_values, prepare_rgb, region_grid, sam_pixel_values
-from .region_pixels import region_coverage
+from .preprocess import Window, clip_pixel_values, prepare_rgb, sam_pixel_values
+from .region_pixels import region_inputs
 from .regions import Region, rasterize
 
 
@@ -45,9 +45,7 @@ def make_turns_sample(config: MedPLIBConfig, tokenizer, image: np.ndarray, turns
     ids, labels = build_input_ids(tokenizer, config.system_prompt, list(history) + asked)
     sam_px, resize = sam_pixel_values(rgb, config.sam.image_size, config.sam.pixel_mean, config.sam.pixel_std)
     region_masks = [rasterize(r, shape, config.point_span) for r in regions]
-    grids = [region_grid(m, config.vision.image_size, config.vision.patch_size) for m in region_masks]
-    coverages = ([region_coverage(m, config.vision.image_size) for m in region_masks]
-                 if config.region_pixel_dim else [])
+    grids, coverages = region_inputs(config, region_masks)
     gt = torch.from_numpy(np.stack([np.asarray(m) > 0 for m in masks]).astype(np.float32)) if len(masks) else None
     if gt is not None and gt.shape[1:] != shape:
         raise ValueError(f"mask shape {tuple(gt.shape[1:])} != image shape {shape}")
