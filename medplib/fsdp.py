@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .tokenizer import save_tokenizer
+
 SHARDED_DIR = "sharded"
 SHARDED_CONFIG = "sharded_config.json"
 
@@ -81,7 +83,7 @@ def save_sharded(model, tokenizer, folder: str | os.PathLike, base: str | None =
         llm_cfg = model.llm_config.to_dict()
         llm_cfg.pop("quantization_config", None)
         (folder / SHARDED_CONFIG).write_text(json.dumps({"medplib": cfg, "llm": llm_cfg}, indent=2))
-        tokenizer.save_pretrained(str(folder))
+        save_tokenizer(tokenizer, folder)
     dist.barrier()
     return folder
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from .config import LLMConfig, MedPLIBConfig, preset
 from .modeling import MedPLIBForCausalLM, token_ids_from_tokenizer
-from .tokenizer import load_tokenizer, resolve_llm_path
+from .tokenizer import load_tokenizer, resolve_llm_path, save_tokenizer
 
 CONFIG_NAME = "medplib_config.json"
 LLM_CONFIG_NAME = "llm_config.json"
@@ -128,7 +128,7 @@ def save_pretrained(model: MedPLIBForCausalLM, tokenizer, folder: str | os.PathL
     tmp = folder / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", **(metadata or {})})
     os.replace(tmp, folder / WEIGHTS_NAME)  # atomic: a reader never sees a half-written file
-    tokenizer.save_pretrained(str(folder))
+    save_tokenizer(tokenizer, folder)
     return folder
 
 
@@ -158,7 +158,7 @@ def save_delta(model: MedPLIBForCausalLM, tokenizer, folder: str | os.PathLike, 
     tmp = folder / (DELTA_NAME + ".tmp")
     save_file(out, str(tmp), metadata={"format": "pt", "base": base, **(metadata or {})})
     os.replace(tmp, folder / DELTA_NAME)
-    tokenizer.save_pretrained(str(folder))
+    save_tokenizer(tokenizer, folder)
     return folder
 
 

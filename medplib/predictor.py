@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from .conversation import IMAGE_TOKEN_INDEX, Turn, build_input_ids, with_region_markers
+from .conversation import IM_END, IMAGE_TOKEN_INDEX, Turn, answer_ids, build_input_ids, with_region_markers
 from .modeling import MedPLIBForCausalLM
 from .preprocess import (Window, clip_pixel_values, logit, longest_side_size, postprocess_masks, prepare_rgb,
                          sam_pixel_values)
@@ -208,8 +208,7 @@ class MedPLIBPredictor:
                                            region_feats)
         draft = None
         if draft_answer:
-            eos = self.tokenizer.eos_token or "</s>"
-            draft = self.tokenizer.encode(f" {draft_answer}{eos}", add_special_tokens=False)  # as in training
+            draft = answer_ids(self.tokenizer, draft_answer)  # as in training
         return _Prepared(ids, past, embeds, draft, {"prompt": (t1 - t0) * 1e3}, new_prefix)
 
     def _finish(self, prep: "_Prepared", out, points, point_labels, box) -> Answer:
@@ -240,8 +239,6 @@ class MedPLIBPredictor:
         its KV cache is kept: later questions only run their own few tokens. The first question runs the prefix,
         its own tokens and its draft in one pass into a new cache, cropped back to the prefix afterwards.
         """
-        from .conversation import IM_END
-
         im_end = self.tokenizer.convert_tokens_to_ids(IM_END)
         if not self.prefix_cache or im_end not in ids:
             return None, ids, None

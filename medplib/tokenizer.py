@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 from .config import LLMConfig
@@ -54,27 +55,50 @@ def load_tokenizer(cfg: LLMConfig, folder: str | Path | None = None):
     """Load the tokenizer for an LLM config (from `folder` when given, e.g. a saved project checkpoint)."""
     from transformers import AutoTokenizer
 
-    if folder is not None and (Path(folder) / "tokenizer_config.json").is_file():
+    saved = folder is not None and (Path(folder) / "tokenizer_config.json").is_file()
+    if cfg.tokenizer == "llama":
+        tok = _llama_tokenizer(cfg, Path(folder) if saved else None)
+    elif saved:
         tok = AutoTokenizer.from_pretrained(str(folder))
     elif cfg.tokenizer == "bytes":
         tok = byte_tokenizer()
     elif cfg.tokenizer == "gguf":
         path = resolve_llm_path(cfg)
         tok = AutoTokenizer.from_pretrained(str(path), gguf_file=cfg.gguf_file)
-    elif cfg.tokenizer == "llama":
-        path = resolve_llm_path(cfg)
-        if path is None:
-            raise ValueError("the llama tokenizer needs llm.path (the checkpoint folder with tokenizer.model)")
-        if not (path / "tokenizer.model").is_file():
-            raise FileNotFoundError(f"{path / 'tokenizer.model'} not found (the LLaMA SentencePiece model)")
-        # The original trains with the slow SentencePiece tokenizer in legacy mode; keep that for matching ids.
-        tok = AutoTokenizer.from_pretrained(str(path), use_fast=False, legacy=True, padding_side="right")
     else:
         raise ValueError(f"unknown tokenizer kind {cfg.tokenizer!r}")
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     add_medplib_tokens(tok)
     return tok
+
+
+def _llama_tokenizer(cfg: LLMConfig, saved: Path | None):
+    """The official SentencePiece tokenizer, slow and legacy as the original trains it.
+
+    Its `tokenizer.model` is what `medplib.conversation.OriginalEncoding` encodes prompts with, so a saved
+    project folder that lacks it (transformers 5 writes only tokenizer.json) falls back to the one in llm.path.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_llm_path(cfg)
+    folder = saved if saved is not None and (saved / "tokenizer.model").is_file() else path
+    if folder is None:
+        raise ValueError("the llama tokenizer needs llm.path (the checkpoint folder with tokenizer.model)")
+    if not (folder / "tokenizer.model").is_file():
+        raise FileNotFoundError(f"{folder / 'tokenizer.model'} not found (the LLaMA SentencePiece model)")
+    tok = AutoTokenizer.from_pretrained(str(saved or folder), use_fast=False, legacy=True, padding_side="right",
+                                        vocab_file=str(folder / "tokenizer.model"))
+    return tok
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """`save_pretrained`, plus the SentencePiece model the official prompt encoding needs."""
+    tokenizer.save_pretrained(str(folder))
+    model_file = getattr(tokenizer, "vocab_file", None)
+    target = Path(folder) / "tokenizer.model"
+    if model_file and str(model_file).endswith(".model") and Path(model_file).is_file() and not target.exists():
+        shutil.copyfile(model_file, target)
 
 
 def add_medplib_tokens(tokenizer) -> int:
