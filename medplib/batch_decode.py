@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from .modeling import Generation, MedPLIBForCausalLM
+from .modeling import Emitted, Generation, MedPLIBForCausalLM
 
 
 @dataclass
@@ -75,8 +75,8 @@ def generate_batch(model: MedPLIBForCausalLM, requests: list[DecodeRequest]) -> 
     kept = {i: _row_prefix(past, i, prefix + r.keep_prefix) for i, r in enumerate(requests) if r.keep_prefix}
 
     # Verify each draft on the host: accept the longest prefix the model itself predicts (as `generate` does).
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    seg: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    emitted = [Emitted(model.seg_token_id) for _ in range(n)]
+    tokens = [e.tokens for e in emitted]
     done = [False] * n
     valid = [0] * n  # tokens of each row that stay visible in the cache (after the prefix)
     next_ids = [model.eos_token_id] * n
@@ -89,9 +89,7 @@ def generate_batch(model: MedPLIBForCausalLM, requests: list[DecodeRequest]) -> 
             if len(tokens[i]) >= r.max_new_tokens:
                 done[i] = True
                 break
-            tokens[i].append(tok)
-            if tok == model.seg_token_id:
-                seg[i].append(states[j])
+            emitted[i].add(tok, states[j])
             if tok == model.eos_token_id or len(tokens[i]) >= r.max_new_tokens:
                 done[i] = True
                 break
@@ -131,9 +129,7 @@ def generate_batch(model: MedPLIBForCausalLM, requests: list[DecodeRequest]) -> 
         for row, i in enumerate(active):
             for step, (_, states) in enumerate(pending):
                 tok = values[step][row]
-                tokens[i].append(tok)
-                if tok == model.seg_token_id:
-                    seg[i].append(states[row])
+                emitted[i].add(tok, states[row])
                 if tok == model.eos_token_id or len(tokens[i]) >= requests[i].max_new_tokens:
                     done[i] = True
                     break
@@ -148,9 +144,8 @@ def generate_batch(model: MedPLIBForCausalLM, requests: list[DecodeRequest]) -> 
             active = [active[row] for row in keep]
     t2 = model.clock()
     timings = {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "batch": float(n)}
-    width_h = hidden.shape[-1]
-    return [Generation(tokens[i], torch.stack(seg[i]) if seg[i] else hidden.new_zeros((0, width_h)), dict(timings),
-                       kept.get(i)) for i in range(n)]
+    return [Generation(e.tokens, e.seg_hidden(model.config.seg_state, hidden[0, -1]), dict(timings), kept.get(i))
+            for i, e in enumerate(emitted)]
 
 
 def _row_prefix(cache: DynamicCache, row: int, length: int) -> DynamicCache:

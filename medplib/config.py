@@ -15,6 +15,7 @@ from .sam_med2d import SamConfig
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_PAD_RGB = (122, 116, 104)
+SEG_STATES = ("predicting", "release")  # see MedPLIBConfig.seg_state
 
 
 @dataclass
@@ -96,11 +97,19 @@ class MedPLIBConfig:
     max_region_samples: int = 512
     region_pixel_dim: int = 0  # > 0: add fine-resolution region features (`medplib.region_pixels`); 0 = official
     mask_threshold: float = 0.1  # sigmoid threshold of the original eval and demo
+    # Which hidden state becomes the <SEG> prompt (`medplib.modeling.Emitted.seg_hidden`): "predicting" (every
+    # <SEG>, the state training supervises) or "release" (the release commit's evaluate(): first <SEG> only,
+    # and hidden[-2] when there is exactly one; reproduces its published MeCoVQA-G numbers).
+    seg_state: str = "predicting"
     max_new_tokens: int = 128
     system_prompt: str = (
         "A chat between a curious human and an artificial intelligence assistant. "
         "The assistant gives helpful, detailed, and polite answers to the human's questions."
     )
+
+    def __post_init__(self) -> None:
+        if self.seg_state not in SEG_STATES:
+            raise ValueError(f"seg_state must be one of {SEG_STATES}, got {self.seg_state!r}")
 
     @property
     def out_dim(self) -> int:

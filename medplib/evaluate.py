@@ -379,10 +379,33 @@ def summary_table(report: dict[str, Any]) -> str:
         rows += [(f"box {m} (n={b['n']})", b[m]) for m in ("recall50", "acc25", "acc50", "acc75")]
     rows.append(("counts", json.dumps(report.get("counts"))))
     width = max(len(r[0]) for r in rows)
-    return "\n".join(f"{name:<{width}}  {fmt(value)}" for name, value in rows)
+    lines = [f"{name:<{width}}  {fmt(value)}" for name, value in rows]
+    differences = (report.get("decoding") or {}).get("differences_from_original") or []
+    return "\n".join(lines + [f"differs from the original: {d}" for d in differences])
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+ORIGINAL_MAX_NEW_TOKENS = 1024  # vqa_infer.py / the demo worker
+ORIGINAL_DTYPE = "bfloat16"
+
+
+def decoding_settings(dtype: str, max_new_tokens: int, seg_state: str) -> dict[str, Any]:
+    """How this run decoded, and each way that differs from the original's evaluation (written into the report)."""
+    differences = []
+    if dtype != ORIGINAL_DTYPE:
+        differences.append(f"weights and activations in {dtype} (the original evaluates in {ORIGINAL_DTYPE})")
+    if max_new_tokens < ORIGINAL_MAX_NEW_TOKENS:
+        differences.append(f"answers cut at {max_new_tokens} new tokens (the original allows "
+                           f"{ORIGINAL_MAX_NEW_TOKENS}); open answers longer than that score lower")
+    if seg_state != "release":
+        differences.append("<SEG> prompt from the state that predicts each <SEG> (the release's evaluate() uses "
+                           "hidden[-2] when one <SEG> is emitted, and only the first of several: --seg-state release)")
+    differences.append("answer text with the special tokens removed (no <SEG>); the original's decoded text keeps "
+                       "them ('Sure, it is <SEG> .'); open-answer scores are computed on the text without them")
+    return {"dtype": dtype, "max_new_tokens": max_new_tokens, "seg_state": seg_state,
+            "differences_from_original": differences}
+
+
 def load_model(spec: str, device: str = "cpu", dtype: str = "float32", clip: str | None = None,
                sam: str | None = None):
     """(model, tokenizer) from a preset name, a project checkpoint folder or an official release folder."""
@@ -418,11 +441,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-samples", type=int, help="MeCoVQA: first N entries")
     ap.add_argument("--max-per-kind", type=int, help="held-out: at most N questions per kind")
     ap.add_argument("--slice-step", type=int, default=10)
-    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--max-new-tokens", type=int,
+                    help=f"default {ORIGINAL_MAX_NEW_TOKENS} for --mecovqa (as the original), 16 for --heldout")
     ap.add_argument("--out", default="eval_out")
     ap.add_argument("--train-log", help="trainer log JSON (per-epoch records) for training_curves.png")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="auto: bfloat16 on CUDA (as the original), float32 on CPU")
+    ap.add_argument("--seg-state", choices=["predicting", "release"],
+                    help="which state becomes the <SEG> prompt (default: the model's config, 'predicting'); "
+                         "'release' reproduces the release commit's evaluate()")
     ap.add_argument("--clip", help="official release only: CLIP folder")
     ap.add_argument("--sam", help="official release only: sam-med2d_b.pth")
     args = ap.parse_args(argv)
@@ -431,18 +459,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from .predictor import MedPLIBPredictor
 
-    model, tok = load_model(args.model, args.device, args.dtype, args.clip, args.sam)
+    dtype = args.dtype if args.dtype != "auto" else "bfloat16" if args.device.startswith("cuda") else "float32"
+    model, tok = load_model(args.model, args.device, dtype, args.clip, args.sam)
+    if args.seg_state:
+        model.config.seg_state = args.seg_state
     predictor = MedPLIBPredictor(model, tok, mask_threshold=args.threshold)
+    max_new_tokens = args.max_new_tokens or (ORIGINAL_MAX_NEW_TOKENS if args.mecovqa else 16)
     if args.mecovqa:
         report = evaluate_mecovqa(predictor, args.mecovqa, args.images, args.masks, args.threshold,
-                                  args.max_samples, args.max_new_tokens or 64, args.answer_type)
+                                  args.max_samples, max_new_tokens, args.answer_type)
     else:
         from monailabel.datastore.local import LocalDatastore
 
         datastore = LocalDatastore(args.heldout, auto_reload=False)
         report = evaluate_heldout(predictor, datastore, args.slice_step, args.max_per_kind, args.threshold,
-                                  args.max_new_tokens or 16)
+                                  max_new_tokens)
     report["model"] = args.model
+    report["decoding"] = decoding_settings(dtype, max_new_tokens, model.config.seg_state)
     files = write_report(report, args.out, args.train_log)
     print(summary_table(report))
     print("wrote " + ", ".join(str(p) for p in files.values()))

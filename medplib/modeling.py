@@ -68,11 +68,40 @@ def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
 
 
 @dataclass
+class Emitted:
+    """The tokens one decode emitted, with the final-norm states that predicted those MedPLIB needs."""
+
+    seg_token_id: int
+    tokens: list[int] = field(default_factory=list)
+    seg: list[torch.Tensor] = field(default_factory=list)  # the state predicting each <SEG>, in order
+    tail: list[torch.Tensor] = field(default_factory=list)  # the states predicting the last two tokens
+
+    def add(self, token: int, state: torch.Tensor) -> None:
+        self.tokens.append(token)
+        if token == self.seg_token_id:
+            self.seg.append(state)
+        self.tail = [*self.tail[-1:], state]
+
+    def seg_hidden(self, rule: str, like: torch.Tensor) -> torch.Tensor:
+        """<SEG> states [n, hidden] under `rule` (`MedPLIBConfig.seg_state`).
+
+        "predicting": every <SEG>, each from the state that predicts it (the state training supervises).
+        "release": the release commit's `evaluate()` and demo worker: the first <SEG> only, and with exactly one
+        `<SEG>` the state `hidden[-2]`, which predicts the second-to-last emitted token (for "... <SEG> .</s>"
+        the state after <SEG>).
+        """
+        chosen = self.seg
+        if rule == "release":
+            chosen = self.tail[:1] if len(self.seg) == 1 and len(self.tail) == 2 else self.seg[:1]
+        return torch.stack(chosen) if chosen else like.new_zeros((0, like.shape[-1]))
+
+
+@dataclass
 class Generation:
     """Result of one autoregressive decode."""
 
     token_ids: list[int]
-    seg_hidden: torch.Tensor  # [n_seg, hidden]: final-norm state of each step that emitted <SEG>, in order
+    seg_hidden: torch.Tensor  # [n_seg, hidden]: final-norm <SEG> states (`Emitted.seg_hidden`)
     timings_ms: dict[str, float] = field(default_factory=dict)
     prefix_cache: object = None  # batched decoding: the row's new prefix KV cache when asked for
 
@@ -226,8 +255,7 @@ class MedPLIBForCausalLM(nn.Module):
         decoding; a grounding answer costs one pass instead of one per token.
         """
         t0 = self.clock()
-        tokens: list[int] = []
-        seg_states: list[torch.Tensor] = []
+        emitted = Emitted(self.seg_token_id)
         if draft and temperature <= 1e-4 and max_new_tokens > 0:
             # The prompt and the draft go through the LLM in one pass (a pass over a few tokens costs about a
             # full read of the weights, so one pass instead of two matters).
@@ -238,9 +266,9 @@ class MedPLIBForCausalLM(nn.Module):
                                         past_key_values=past_key_values, use_cache=True)
             t1 = self.clock()
             states = hidden[0, inputs_embeds.shape[1] - 1:]  # states[i] predicts answer token i
-            done, h, past = self._accept_draft(draft, states, past, start, tokens, seg_states)
+            done, h, past = self._accept_draft(draft, states, past, start, emitted)
             if done:
-                return self._generation(tokens, seg_states, h, t0, t1)
+                return self._generation(emitted, h, t0, t1)
         else:
             hidden, past = self.run_llm(inputs_embeds, past_key_values=past_key_values, use_cache=True)
             h = hidden[:, -1]
@@ -248,7 +276,7 @@ class MedPLIBForCausalLM(nn.Module):
         sync_every = self.sync_every if self.sync_every else (1 if h.device.type == "cpu" else 8)
         ids: list[torch.Tensor] = []  # on the device; read back every `sync_every` steps (no per-token sync)
         states: list[torch.Tensor] = []
-        while len(tokens) + len(ids) < max_new_tokens:
+        while len(emitted.tokens) + len(ids) < max_new_tokens:
             logits = self.lm_head(h).float()
             if temperature > 1e-4:
                 probs = torch.softmax(logits / temperature, dim=-1)
@@ -257,25 +285,23 @@ class MedPLIBForCausalLM(nn.Module):
                 next_id = logits.argmax(dim=-1)
             ids.append(next_id)
             states.append(h[0])
-            if len(ids) == sync_every or len(tokens) + len(ids) == max_new_tokens:
-                if self._flush(ids, states, tokens, seg_states):
+            if len(ids) == sync_every or len(emitted.tokens) + len(ids) == max_new_tokens:
+                if self._flush(ids, states, emitted):
                     break
             emb = self.model.embed_tokens(next_id.view(1, 1))
             hidden, past = self.run_llm(emb, past_key_values=past, use_cache=True)
             h = hidden[:, -1]
-        self._flush(ids, states, tokens, seg_states)
-        return self._generation(tokens, seg_states, h, t0, t1)
+        self._flush(ids, states, emitted)
+        return self._generation(emitted, h, t0, t1)
 
-    def _flush(self, ids: list, states: list, tokens: list[int], seg_states: list) -> bool:
+    def _flush(self, ids: list, states: list, emitted: Emitted) -> bool:
         """Move decoded ids to the host (one sync); keep what precedes the first end of sequence. True at EOS."""
         if not ids:
             return False
         values = torch.cat(ids).tolist()
         finished = False
         for tok, state in zip(values, states):
-            tokens.append(tok)
-            if tok == self.seg_token_id:
-                seg_states.append(state)
+            emitted.add(tok, state)
             if tok == self.eos_token_id:
                 finished = True
                 break
@@ -283,21 +309,19 @@ class MedPLIBForCausalLM(nn.Module):
         states.clear()
         return finished
 
-    def _generation(self, tokens, seg_states, h, t0, t1) -> Generation:
+    def _generation(self, emitted: Emitted, h, t0, t1) -> Generation:
         t2 = self.clock()
-        seg = torch.stack(seg_states) if seg_states else h.new_zeros((0, h.shape[-1]))
-        return Generation(tokens, seg, {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3})
+        return Generation(emitted.tokens, emitted.seg_hidden(self.config.seg_state, h),
+                          {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3})
 
-    def _accept_draft(self, draft: list[int], states: torch.Tensor, past, start: int, tokens: list[int],
-                      seg_states: list) -> tuple[bool, object, object]:
+    def _accept_draft(self, draft: list[int], states: torch.Tensor, past, start: int,
+                      emitted: Emitted) -> tuple[bool, object, object]:
         """Accept the draft's longest prefix the model itself predicts (`states[i]` predicts token i; the draft
         sits in the cache from position `start`) and append the model's own next token. Returns (finished,
         hidden state to decode from, cache holding exactly the emitted tokens)."""
         predicted = self.lm_head(states).float().argmax(dim=-1).tolist()
         for i, tok in enumerate(predicted[:len(draft)]):
-            tokens.append(tok)
-            if tok == self.seg_token_id:
-                seg_states.append(states[i])
+            emitted.add(tok, states[i])
             if tok == self.eos_token_id:
                 _keep(past, start + i + 1)
                 return True, states[i + 1][None], past

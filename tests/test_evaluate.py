@@ -376,3 +376,31 @@ def test_box_answers_and_box_questions_med_grit_format(tmp_path):
     (question, regions), = [c for c in stub.calls if c[0].startswith("What is")]
     assert question == "What is <region></region>?" and regions == [Box(10.0, 10.0, 29.0, 19.0)]
     assert rec["q1"]["correct"] is True
+
+
+def test_cli_decodes_as_the_original_by_default_and_reports_each_difference(mecovqa, tmp_path, monkeypatch):
+    """MeCoVQA runs default to the original's 1024 new tokens; the report states dtype, <SEG> rule and text."""
+    import medplib.evaluate as evaluate_mod
+
+    json_path, root = mecovqa
+    asked = {}
+    real = evaluate_mod.evaluate_mecovqa
+
+    def capture(predictor, *args):
+        asked["max_new_tokens"], asked["seg_state"] = args[5], predictor.model.config.seg_state
+        return real(predictor, *args[:5], 4, *args[6:])  # decode little: the tiny model is random
+
+    monkeypatch.setattr(evaluate_mod, "evaluate_mecovqa", capture)
+    report = main(["--model", "tiny", "--mecovqa", str(json_path), "--images", str(root), "--out",
+                   str(tmp_path / "out"), "--max-samples", "1", "--seg-state", "release"])
+    assert asked == {"max_new_tokens": 1024, "seg_state": "release"}
+    decoding = report["decoding"]
+    assert decoding["dtype"] == "float32" and decoding["max_new_tokens"] == 1024
+    assert decoding["seg_state"] == "release"
+    differences = " ".join(decoding["differences_from_original"])
+    assert "float32" in differences and "<SEG>" in differences and "1024" not in differences
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["decoding"] == decoding
+    short = evaluate_mod.decoding_settings("bfloat16", 64, "predicting")["differences_from_original"]
+    assert any("64 new tokens" in d for d in short) and not any("bfloat16 (" in d for d in short)
+    assert any("hidden[-2]" in d for d in short)
