@@ -64,7 +64,7 @@ def official_medplib_config(hf: dict, checkpoint_dir: Path, clip_dir: Path | Non
     return MedPLIBConfig(name="official", vision=vision, llm=llm, sam=sam,
                          moe=MoEConfig(num_experts=int(experts), top_k=int(moe.get("top_k_experts", 1)),
                                        layers=list(layers) if layers is not None else None),
-                         projector_type=hf.get("mm_projector_type", "mlp2x_gelu"), max_new_tokens=512)
+                         projector_type=hf.get("mm_projector_type", "linear"), max_new_tokens=512)
 
 
 def read_shards(checkpoint_dir: Path) -> dict[str, torch.Tensor]:

@@ -216,7 +216,9 @@ class DecoderAttention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        dtype = self.q_proj.weight.dtype  # inputs plus the fp32 positional encoding are fp32 (as the original)
+        q, k, v = (self._heads(proj(x.to(dtype)))
+                   for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
         out = F.scaled_dot_product_attention(q, k, v)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
@@ -413,7 +415,7 @@ class SamMed2D(nn.Module):
 
         dtype = image_embeddings.dtype
         sparse, dense = self.prompt_encoder(batch, text_embeds, points, boxes, mask_input, dtype)
-        image_pe = self.prompt_encoder.get_dense_pe().to(dtype)
+        image_pe = self.prompt_encoder.get_dense_pe()  # fp32 as the original: "keys + key_pe" is added in fp32
         return self.mask_decoder(image_embeddings, image_pe, sparse, dense, multimask_output)
 
     def forward(self, pixel_values: Tensor, **prompts: Any) -> tuple[Tensor, Tensor]:

@@ -157,3 +157,14 @@ def test_bf16_load(tmp_path, tiny):
     pred.set_image(synthetic_image())
     ans = pred.ask("What is shown?", max_new_tokens=3)
     assert len(ans.token_ids) >= 1 and np.isfinite(ans.mask_logits).all()
+
+
+def test_official_config_without_projector_type_means_linear(tmp_path):
+    """LLaVA's builder: a config.json with no `mm_projector_type` gets a single Linear projector."""
+    from medplib.official import official_medplib_config
+
+    _, _, ckpt, clip_dir, _ = write_official_layout(tmp_path)
+    hf = json.loads((ckpt / "config.json").read_text())
+    assert official_medplib_config(hf, ckpt, clip_dir).projector_type == "mlp2x_gelu"
+    del hf["mm_projector_type"]
+    assert official_medplib_config(hf, ckpt, clip_dir).projector_type == "linear"

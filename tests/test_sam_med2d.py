@@ -377,3 +377,27 @@ def test_checkpoint_errors(tmp_path) -> None:
     garbage.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="garbage.pth"):
         load_sam_med2d_state_dict(garbage)
+
+
+def test_bf16_decoder_adds_the_dense_positional_encoding_in_fp32() -> None:
+    """As the original (`prompt_encoder.py:209`, `transformer.py:220-222`): the dense PE stays fp32, so
+    `keys + key_pe` is summed in fp32 and cast to the projection's dtype inside each attention."""
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    emb, text = torch.randn(1, 32, 4, 4), torch.randn(1, 1, 32)
+    with torch.no_grad():
+        ref, _ = model.decode(emb, text_embeds=text)
+        half = model.to(torch.bfloat16)
+        seen = []
+        hook = half.mask_decoder.transformer.register_forward_pre_hook(lambda mod, args: seen.append(args[1].dtype))
+        out, _ = half.decode(emb.to(torch.bfloat16), text_embeds=text.to(torch.bfloat16))
+        hook.remove()
+        # the same, with keys + pe summed in bf16 as the project did before
+        pe = half.prompt_encoder.get_dense_pe()
+        k = emb.to(torch.bfloat16).flatten(2).transpose(1, 2)
+        summed_fp32 = (k + pe.flatten(2).transpose(1, 2)).to(torch.bfloat16)
+        summed_bf16 = k + pe.flatten(2).transpose(1, 2).to(torch.bfloat16)
+    assert seen == [torch.float32]
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)
+    assert not torch.equal(summed_fp32, summed_bf16)  # the two orders really round differently
