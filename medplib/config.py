@@ -96,6 +96,7 @@ class MedPLIBConfig:
     point_span: int = 20  # a point becomes a (2*span+1)^2 square at the original image scale
     max_region_samples: int = 512
     region_pixel_dim: int = 0  # > 0: add fine-resolution region features (`medplib.region_pixels`); 0 = official
+    region_resample: str = "bilinear"  # how region masks are resized to the CLIP input: as the original, or nearest
     mask_threshold: float = 0.1  # sigmoid threshold of the original eval and demo
     # Which hidden state becomes the <SEG> prompt (`medplib.modeling.Emitted.seg_hidden`): "predicting" (every
     # <SEG>, the state training supervises) or "release" (the release commit's evaluate(): first <SEG> only,
@@ -184,6 +185,7 @@ def small_config() -> MedPLIBConfig:
                       window_size=8, out_chans=128, encoder_adapter=False, decoder_mlp_dim=512, decoder_heads=4,
                       iou_head_hidden_dim=128),
         region_pixel_dim=64,
+        region_resample="nearest",  # the embedded default was trained with nearest-resized region masks
         max_new_tokens=32,
     )
 

@@ -27,6 +27,7 @@ from .boxes import box_scores, boxes_to_regions, mask_boxes, parse_boxes
 from .eval_metrics import (closed_match, mean_or_none, load_training_log, modality_of, plot_bars, plot_training_curves,
                            score_answer, summarise_boxes, summarise_grounding, summarise_qa)
 from .metrics import dice_from_iou, iou
+from .regions import DatasetMask
 
 _REGION_RE = re.compile(r"<region>(.*?)</region>", re.S)
 _MASK_RE = re.compile(r"<mask>(.*?)</mask>", re.S)
@@ -175,7 +176,7 @@ def evaluate_mecovqa(predictor, json_path: str | os.PathLike, image_folder: str 
                 image = load_image(turn.image)
                 predictor.set_image(image)
                 current, shape = turn.image, tuple(image.shape[:2])
-            regions = [load_mask(p) for p in turn.region_paths]
+            regions = [DatasetMask(load_mask(p)) for p in turn.region_paths]  # as the original's dataset
             gts = [load_mask(p) for p in turn.mask_paths]
             question = turn.question
             if "<box>" in question:  # Med-GRIT / MedRegA referring: the region is written as a box

@@ -14,7 +14,7 @@ from .modeling import MedPLIBForCausalLM
 from .preprocess import (Window, clip_pixel_values, logit, longest_side_size, postprocess_masks, prepare_rgb,
                          sam_pixel_values)
 from .region_pixels import region_inputs
-from .regions import Region, rasterize
+from .regions import Region, from_dataset, rasterize
 
 
 @dataclass
@@ -195,7 +195,7 @@ class MedPLIBPredictor:
             question = with_region_markers(question, len(regions))
         region_masks = [rasterize(r, feats.original_size, self.model.config.point_span) for r in regions]
         self.last_region_masks = region_masks  # what the model received (inspected by geometry tests)
-        grids, coverages = region_inputs(self.model.config, region_masks)
+        grids, coverages = region_inputs(self.model.config, region_masks, from_dataset(regions))
         region_feats = None
         if grids:
             pixel_map = feats.region_pixel_map(self.model) if coverages else None

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy import ndimage
 
 from .config import CLIP_MEAN, CLIP_PAD_RGB, CLIP_STD
 
@@ -100,18 +101,23 @@ def sam_pixel_values(rgb: np.ndarray, size: int, pixel_mean, pixel_std) -> tuple
     return torch.from_numpy(padded.transpose(2, 0, 1).copy()), resized.shape[:2]
 
 
-def region_grid(mask: np.ndarray, image_size: int = 336, patch_size: int = 14) -> np.ndarray:
+def region_grid(mask: np.ndarray, image_size: int = 336, patch_size: int = 14, resample: str = "bilinear",
+                largest_component: bool = False) -> np.ndarray:
     """Binary mask at the original resolution -> boolean grid over the CLIP patches (24x24 for 336/14).
 
-    Same geometry as the image: resize longest side, centre pad with 0, then nearest downsample by the patch
-    size (cv2 INTER_NEAREST samples pixel (r*14, c*14)). A region so small that nearest sampling misses it
-    (a point on a very large image) falls back to "any pixel in the cell", instead of the original's silently
-    empty region.
+    Same geometry as the image: resize longest side (PIL bilinear as the original's `ResizeLongestSide`, or
+    nearest for models trained that way), centre pad with 0, then nearest downsample by the patch size (cv2
+    INTER_NEAREST samples pixel (r*14, c*14)). `largest_component` keeps only the largest 8-connected component
+    of the grid, as the original's dataset does for masks it loads (`generate_mask_with_sub_component`). A
+    region so small that nearest sampling misses it (a point on a very large image) falls back to "any pixel in
+    the cell", instead of the original's silently empty region.
     """
+    if resample not in ("bilinear", "nearest"):
+        raise ValueError(f"region resample must be 'bilinear' or 'nearest', got {resample!r}")
     m = (np.asarray(mask) > 0).astype(np.uint8)
     if m.ndim != 2:
         raise ValueError(f"region mask must be 2D, got {m.shape}")
-    padded = centre_pad(resize_longest_side(m, image_size, nearest=True), image_size, 0)
+    padded = centre_pad(resize_longest_side(m, image_size, nearest=resample == "nearest"), image_size, 0)
     grid_n = image_size // patch_size
     grid = padded[: grid_n * patch_size: patch_size, : grid_n * patch_size: patch_size] > 0
     if not grid.any() and padded.any():
@@ -119,6 +125,10 @@ def region_grid(mask: np.ndarray, image_size: int = 336, patch_size: int = 14) -
         grid = cells.max(axis=(1, 3)) > 0
     if not grid.any() and m.any():  # even the resize lost it (a thin stroke on a large image): its centre's cell
         grid[centre_cell(m, image_size, patch_size)] = True
+    if largest_component and grid.any():
+        labels, n = ndimage.label(grid, structure=np.ones((3, 3), dtype=bool))
+        if n > 1:  # the first of equally large components, in raster order, as cv2's scan
+            grid = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
     return grid
 
 

@@ -11,6 +11,8 @@ preset keeps `region_pixel_dim = 0` and its exact layout.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -64,10 +66,14 @@ def region_coverage(mask: np.ndarray, image_size: int) -> np.ndarray:
     return cells
 
 
-def region_inputs(config: MedPLIBConfig, masks: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def region_inputs(config: MedPLIBConfig, masks: list[np.ndarray],
+                  largest: Sequence[bool] = ()) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """What the model pools each region mask over: its CLIP grid cells and, with `region_pixel_dim`, its fine
-    coverage (else an empty list). Training samples and the predictor both use this."""
-    grids = [region_grid(m, config.vision.image_size, config.vision.patch_size) for m in masks]
+    coverage (else an empty list). `largest[i]`: keep mask i's largest grid component (dataset masks).
+    Training samples and the predictor both use this."""
+    largest = list(largest) or [False] * len(masks)
+    grids = [region_grid(m, config.vision.image_size, config.vision.patch_size, config.region_resample, keep)
+             for m, keep in zip(masks, largest)]
     coverages = [region_coverage(m, config.vision.image_size) for m in masks] if config.region_pixel_dim else []
     return grids, coverages
 

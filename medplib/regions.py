@@ -34,13 +34,28 @@ class Scribble:
     width: int = 3
 
 
-Region = Union[Point, Box, Scribble, np.ndarray]
+@dataclass(frozen=True, eq=False)
+class DatasetMask:
+    """A region mask loaded from a dataset (MeCoVQA-R). As the original's dataset does, only its largest
+    8-connected component on the CLIP patch grid is kept; a plain array (the demo path) is used whole."""
+
+    mask: np.ndarray
+
+
+Region = Union[Point, Box, Scribble, DatasetMask, np.ndarray]
+
+
+def from_dataset(regions: Sequence[Region]) -> list[bool]:
+    """Which regions are dataset masks (kept to their largest grid component)."""
+    return [isinstance(r, DatasetMask) for r in regions]
 
 
 def rasterize(region: Region, shape: tuple[int, int], span: int = 20) -> np.ndarray:
     """Return a bool mask of `shape` for one region prompt; raises ValueError if it falls outside the image."""
     h, w = shape
     mask = np.zeros((h, w), dtype=bool)
+    if isinstance(region, DatasetMask):
+        region = np.asarray(region.mask)
     if isinstance(region, np.ndarray):
         if region.shape != (h, w):
             raise ValueError(f"region mask shape {region.shape} != image shape {(h, w)}")

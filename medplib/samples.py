@@ -13,7 +13,7 @@ from .conversation import Turn, build_input_ids, with_region_markers
 from .losses import TrainSample
 from .preprocess import Window, clip_pixel_values, prepare_rgb, sam_pixel_values
 from .region_pixels import region_inputs
-from .regions import Region, rasterize
+from .regions import Region, from_dataset, rasterize
 
 
 def make_sample(config: MedPLIBConfig, tokenizer, image: np.ndarray, question: str, answer: str,
@@ -45,7 +45,7 @@ def make_turns_sample(config: MedPLIBConfig, tokenizer, image: np.ndarray, turns
     ids, labels = build_input_ids(tokenizer, config.system_prompt, list(history) + asked)
     sam_px, resize = sam_pixel_values(rgb, config.sam.image_size, config.sam.pixel_mean, config.sam.pixel_std)
     region_masks = [rasterize(r, shape, config.point_span) for r in regions]
-    grids, coverages = region_inputs(config, region_masks)
+    grids, coverages = region_inputs(config, region_masks, from_dataset(regions))
     gt = torch.from_numpy(np.stack([np.asarray(m) > 0 for m in masks]).astype(np.float32)) if len(masks) else None
     if gt is not None and gt.shape[1:] != shape:
         raise ValueError(f"mask shape {tuple(gt.shape[1:])} != image shape {shape}")

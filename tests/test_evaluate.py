@@ -14,6 +14,7 @@ from PIL import Image
 
 from medplib.eval_metrics import bleu, closed_match, load_training_log, modality_of, normalize_answer, token_f1
 from medplib.evaluate import evaluate_heldout, evaluate_mecovqa, main, write_report
+from medplib.regions import DatasetMask
 
 H, W = 40, 60  # non-square on purpose: IoU is computed at the original resolution
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -64,7 +65,7 @@ class StubPredictor:
         self.images.append(np.asarray(image))
 
     def ask(self, question: str, regions=(), max_new_tokens=None, **_):
-        self.calls.append((question, [np.asarray(r).copy() for r in regions]))
+        self.calls.append((question, [r if isinstance(r, DatasetMask) else np.asarray(r).copy() for r in regions]))
         text, logits = STUB_ANSWERS[question]
         stack = np.stack(logits) if logits else np.zeros((0, H, W), np.float32)
         return SimpleNamespace(text=text, mask_logits=stack, masks=stack > 0)
@@ -159,11 +160,14 @@ def test_mecovqa_metrics_hand_computed(mecovqa):
     assert g["per_modality"]["ct"] == pytest.approx({"n": 2, "miou": 1 / 6, "mdice": 0.25})
     assert g["per_modality"]["mr"] == pytest.approx({"n": 1, "miou": 1.0, "mdice": 1.0})
 
-    # Region masks really reach the predictor: markers replaced, one bool mask of the image's shape each.
+    # Region masks really reach the predictor: markers replaced, one bool mask of the image's shape each, marked
+    # as loaded from a dataset (kept to its largest grid component, as the original's dataset).
     asked = dict(stub.calls)
     assert "What organ is shown in <region>?" in asked and "Describe <region>." in asked
     for question, expected in (("What organ is shown in <region>?", CT_REGION), ("Describe <region>.", MR_REGION)):
         (region,) = asked[question]
+        assert isinstance(region, DatasetMask)
+        region = region.mask
         assert region.shape == (H, W) and region.dtype == bool and np.array_equal(region, expected)
     assert all(regions == [] for q, regions in stub.calls if "<region>" not in q)
 

@@ -116,3 +116,66 @@ def test_iou_dice_edge_cases():
     assert iou(half, full) == 0.5 and dice(half, full) == pytest.approx(2 * 0.5 / 1.5)
     with pytest.raises(ValueError):
         iou(np.zeros((2, 2)), full)
+
+
+def _original_grid(mask: np.ndarray, size: int = 336, patch: int = 14) -> np.ndarray:
+    """The original's region path, restated: torchvision resize of the PIL image (bilinear, `ResizeLongestSide`),
+    centre zero pad, cv2 INTER_NEAREST by 1/14 (samples pixel r*14)."""
+    from torchvision.transforms.functional import resize, to_pil_image
+
+    h, w = mask.shape
+    scale = size / max(h, w)
+    target = (int(h * scale + 0.5), int(w * scale + 0.5))
+    resized = np.array(resize(to_pil_image(mask.astype(np.uint8)), target))
+    canvas = np.zeros((size, size), np.uint8)
+    top, left = (size - target[0]) // 2, (size - target[1]) // 2
+    canvas[top:top + target[0], left:left + target[1]] = resized
+    return canvas[::patch, ::patch][: size // patch, : size // patch] > 0
+
+
+def test_region_grid_resizes_bilinear_as_the_original():
+    rng = np.random.default_rng(0)
+    differs = 0
+    for shape in ((100, 200), (512, 512), (37, 61), (700, 300)):
+        for _ in range(3):
+            mask = np.zeros(shape, bool)
+            r, c = rng.integers(0, shape[0] - 8), rng.integers(0, shape[1] - 8)
+            mask[r:r + rng.integers(3, 40), c:c + rng.integers(3, 40)] = True
+            mask ^= rng.random(shape) < 0.02  # ragged edges, where the two resamplings part
+            want = _original_grid(mask)
+            if not want.any():  # the original loses the region; the project's documented fallback keeps it
+                assert region_grid(mask).any()
+                continue
+            assert np.array_equal(region_grid(mask), want)
+            differs += not np.array_equal(region_grid(mask, resample="nearest"), want)
+    assert differs  # nearest (the small preset's training) is a different grid on some of these
+
+
+def test_region_grid_keeps_the_largest_component_only_for_dataset_masks():
+    mask = np.zeros((336, 336), bool)
+    mask[14:42, 14:42] = True  # 2x2 cells
+    mask[140:196, 140:196] = True  # 4x4 cells: the largest
+    mask[280:294, 280:294] = True  # 1 cell
+    whole = region_grid(mask, resample="nearest")
+    kept = region_grid(mask, resample="nearest", largest_component=True)
+    assert whole.sum() == 4 + 16 + 1 and kept.sum() == 16 and kept[10:14, 10:14].all()
+    diagonal = np.zeros((336, 336), bool)
+    diagonal[0:14, 0:14] = diagonal[14:28, 14:28] = True  # touching corners: one 8-connected component
+    assert region_grid(diagonal, largest_component=True).sum() == 2
+
+
+def test_dataset_masks_reach_the_model_as_their_largest_component():
+    from medplib.config import small_config, tiny_config
+    from medplib.region_pixels import region_inputs
+    from medplib.regions import DatasetMask, from_dataset
+
+    cfg = tiny_config()  # 56 px input, 4x4 grid
+    mask = np.zeros((56, 56), bool)
+    mask[0:14, 0:14] = True
+    mask[28:56, 28:56] = True
+    regions = [DatasetMask(mask), mask]
+    assert from_dataset(regions) == [True, False]
+    masks = [rasterize(r, mask.shape) for r in regions]
+    grids, _ = region_inputs(cfg, masks, from_dataset(regions))
+    assert grids[0].sum() == 4 and grids[1].sum() == 5  # the demo path (a plain array) keeps everything
+    assert cfg.region_resample == "bilinear" and small_config().region_resample == "nearest"
