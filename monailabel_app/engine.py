@@ -44,6 +44,7 @@ class EngineSettings:
     max_batch: int = 8
     batch_wait_ms: float = 5.0  # how long a batch waits for more requests once the model is free
     compile: str = "none"  # torch.compile: none | llm (decoder layers) | all (+ vision towers, mask decoder)
+    seg_state: str = "predicting"  # <SEG> prompt state: predicting | release (`MedPLIBConfig.seg_state`)
 
     def to_info(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.__dict__.items() if v is not None}
@@ -111,6 +112,7 @@ class MedPLIBEngine:
                 t0 = time.perf_counter()
                 logger.info("loading MedPLIB model from %s on %s (%s)", source, self.device, self.dtype)
                 self._model, self._tokenizer = self._load(folder)
+                self._model.config.seg_state = self.settings.seg_state
                 if self.settings.compile != "none":
                     from medplib.compiled import compile_model
 

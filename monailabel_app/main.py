@@ -17,6 +17,8 @@
   batch_wait_ms   how long a batch waits for more questions once the model is free (default 5)
   compile         torch.compile: `none` (default), `llm` (decoder layers) or `all` (also encoders, mask decoder);
                   worth it on GPU for long sessions, the first requests pay the compilation
+  seg_state       which hidden state becomes the <SEG> prompt: `predicting` (default, the state training
+                  supervises) or `release` (the release commit's evaluate(); docs/fidelity.md)
   labels          JSON list of structure names offered to Slicer (default brain, grey matter, white matter, csf, target)
   dicomweb_filter       with --studies http(s)://.../dicom-web: QIDO series filter as JSON
                         (default {"Modality": ["CT", "MR"]}; "{}" = every image series)
@@ -36,6 +38,7 @@ from monailabel.tasks.activelearning.first import First
 from fastapi import HTTPException
 from monailabel.config import settings as ml_settings
 
+from medplib.config import SEG_STATES
 from medplib_label.datastore import SafeLocalDatastore
 from medplib_label.engine import EngineSettings, MedPLIBEngine
 from medplib_label.strategies import RandomStrategy
@@ -82,6 +85,7 @@ def engine_settings(app_dir: str, conf: dict[str, str]) -> EngineSettings:
         max_batch=number("max_batch", 8, int),
         batch_wait_ms=number("batch_wait_ms", 5.0, float),
         compile=choice("compile", "none", ("none", "llm", "all")),
+        seg_state=choice("seg_state", "predicting", SEG_STATES),
     )
 
 

@@ -89,3 +89,15 @@ def test_emitted_rules_on_known_states():
 def test_unknown_rule_is_refused():
     with pytest.raises(ValueError, match="seg_state"):
         MedPLIBConfig(seg_state="last")
+
+
+def test_app_conf_seg_state_reaches_the_served_model(fitted_tiny_dir, tmp_path):
+    from medplib_label.engine import MedPLIBEngine
+    from medplib_label.main import engine_settings
+
+    settings = engine_settings(str(tmp_path), {"model": str(fitted_tiny_dir), "device": "cpu", "seg_state": "release"})
+    model, _ = MedPLIBEngine(settings).get()
+    assert model.config.seg_state == "release" and settings.to_info()["seg_state"] == "release"
+    assert engine_settings(str(tmp_path), {}).seg_state == "predicting"
+    with pytest.raises(ValueError, match="seg_state must be one of"):
+        engine_settings(str(tmp_path), {"seg_state": "last"})
