@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .sam_med2d_encoder import ImageEncoderViT, LayerNorm2d, MLPBlock
+from .tiny_vit import IMAGE_SIZE as TINY_VIT_SIZE
+from .tiny_vit import OUT_CHANS as TINY_VIT_CHANS
+from .tiny_vit import build_tiny_vit
 
 MASK_IN_CHANS = 16  # hidden width of the dense-mask prompt path (fixed in SAM)
 
@@ -47,6 +50,7 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    encoder: str = "vit"  # "vit": SAM-Med2D's ViT (the fields above); "tinyvit": LiteMedSAM's TinyViT-5M
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise so equality and hashing behave.
@@ -68,6 +72,11 @@ class SamConfig:
             raise ValueError(f"out_chans {self.out_chans} must be a multiple of 8 (mask upscaling)")
         if (self.out_chans // 2) % self.decoder_heads:
             raise ValueError(f"out_chans/2 = {self.out_chans // 2} is not divisible by decoder_heads")
+        if self.encoder not in ("vit", "tinyvit"):
+            raise ValueError(f"encoder must be 'vit' or 'tinyvit', got {self.encoder!r}")
+        if self.encoder == "tinyvit" and (self.image_size, self.patch_size, self.out_chans) != (
+                TINY_VIT_SIZE, 4, TINY_VIT_CHANS):
+            raise ValueError(f"the TinyViT encoder takes {TINY_VIT_SIZE} px, stride 4, {TINY_VIT_CHANS} channels")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -343,7 +352,7 @@ class SamMed2D(nn.Module):
         config.validate()
         self.config = config
         grid = (config.embedding_size, config.embedding_size)
-        self.image_encoder = ImageEncoderViT(
+        self.image_encoder = build_tiny_vit() if config.encoder == "tinyvit" else ImageEncoderViT(
             img_size=config.image_size,
             patch_size=config.patch_size,
             embed_dim=config.embed_dim,
