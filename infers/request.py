@@ -6,7 +6,7 @@ import math
 from typing import Any, Literal
 
 from fastapi import HTTPException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 MAX_QUESTION_CHARS = 2000
 Triple = list[float]
@@ -93,7 +93,10 @@ class InferParams(BaseModel):
 
     @field_validator("foreground", "background", "scribble")
     @classmethod
-    def _points(cls, v: list[Triple] | None) -> list[Triple] | None:
+    def _points(cls, v: list[Triple] | None, info: ValidationInfo) -> list[Triple] | None:
+        if info.field_name == "scribble" and v is not None and len(v) == 0:
+            # No clicks is a valid "no points"; an empty stroke is a client bug, not "no scribble".
+            raise ValueError("an empty scribble has no points: send at least one [i, j, k], or leave it out")
         for p in v or []:
             if len(p) != 3 or not all(math.isfinite(x) for x in p):
                 raise ValueError("each point must be [i, j, k] with finite numbers")

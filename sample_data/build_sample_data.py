@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -304,39 +305,136 @@ def expected_ids() -> list[str]:
     return ids
 
 
-def is_complete(out_dir: Path) -> bool:
-    """True if out_dir holds a datastore of this BUILD_VERSION with every expected file present."""
+def _read_json(path: Path) -> dict | None:
     try:
-        store = json.loads((out_dir / "datastore_v2.json").read_text())
-        splits = json.loads((out_dir / "splits.json").read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _objects(store: dict | None) -> dict[str, Any]:
+    objects = (store or {}).get("objects")
+    return objects if isinstance(objects, dict) else {}
+
+
+def _image_info(obj: Any) -> dict[str, Any]:
+    """An object's image info; {} for an entry without one (an image added by hand or by another tool)."""
+    image = obj.get("image") if isinstance(obj, dict) else None
+    info = image.get("info") if isinstance(image, dict) else None
+    return info if isinstance(info, dict) else {}
+
+
+def _labels(obj: Any) -> dict[str, Any]:
+    labels = obj.get("labels") if isinstance(obj, dict) else None
+    return labels if isinstance(labels, dict) else {}
+
+
+def is_sample_image(obj: Any) -> bool:
+    """True for an image this builder wrote (its info carries `sample_data_version`); anything else in the
+    datastore (uploads, DICOMweb-cached series, files dropped in by hand) belongs to its users."""
+    return "sample_data_version" in _image_info(obj)
+
+
+def is_sample_label(obj: Any, tag: str) -> bool:
+    """True for the final label this builder saved on one of its images; a label a user saved (any tag, or a
+    final label that replaced ours) is theirs."""
+    label = _labels(obj).get(tag)
+    if tag != FINAL or not is_sample_image(obj) or not isinstance(label, dict):
         return False
-    objects = store.get("objects", {})
+    info = label.get("info") if isinstance(label.get("info"), dict) else {}
+    return (set(info) <= {"label_names", "structures", "ts", "name"} and info.get("label_names") == LABEL_NAMES
+            and info.get("structures") == STRUCTURES)
+
+
+def is_complete(out_dir: Path) -> bool:
+    """True if out_dir holds a datastore of this BUILD_VERSION with every expected file present.
+
+    Only the builder's own images and labels are checked: an expected id that a user's image occupies counts as
+    present (it is never overwritten), and images or labels users added are ignored.
+    """
+    store = _read_json(out_dir / "datastore_v2.json")
+    splits = _read_json(out_dir / "splits.json")
+    if store is None or splits is None:
+        return False
+    objects = _objects(store)
     for image_id in expected_ids():
         obj = objects.get(image_id)
-        if not obj or obj["image"]["info"].get("sample_data_version") != BUILD_VERSION:
+        if not obj:
             return False
-        if not (out_dir / f"{image_id}{obj['image']['ext']}").is_file():
+        if not is_sample_image(obj):
+            continue  # a user's image under one of our ids: theirs, left alone
+        if _image_info(obj).get("sample_data_version") != BUILD_VERSION:
             return False
-        label = obj.get("labels", {}).get(FINAL)
-        if label and not (out_dir / "labels" / FINAL / f"{image_id}{label['ext']}").is_file():
+        if not (out_dir / f"{image_id}{obj['image'].get('ext', '')}").is_file():
             return False
+        if is_sample_label(obj, FINAL):
+            label = obj["labels"][FINAL]
+            if not (out_dir / "labels" / FINAL / f"{image_id}{label.get('ext', '')}").is_file():
+                return False
     return splits.get("version") == BUILD_VERSION
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _merge_into(staging: Path, out_dir: Path, existing: dict) -> None:
+    """Move the freshly built sample files from staging into an existing datastore, leaving everything else
+    in it as it is (users' images, their labels of any tag, a final label a user saved over ours, files the
+    index does not know). The index is rewritten last, so an interrupted merge is redone by the next run."""
+    built = _objects(_read_json(staging / "datastore_v2.json"))
+    objects = _objects(existing)
+    for image_id, new in built.items():
+        old = objects.get(image_id)
+        os.replace(staging / f"{image_id}{new['image']['ext']}", out_dir / f"{image_id}{new['image']['ext']}")
+        labels = {tag: lab for tag, lab in _labels(old).items() if not is_sample_label(old, tag)}
+        ours = _labels(new).get(FINAL)
+        if ours and FINAL not in labels:
+            (out_dir / "labels" / FINAL).mkdir(parents=True, exist_ok=True)
+            name = f"{image_id}{ours['ext']}"
+            os.replace(staging / "labels" / FINAL / name, out_dir / "labels" / FINAL / name)
+            labels[FINAL] = ours
+        objects[image_id] = {**new, "labels": labels}
+    os.replace(staging / "splits.json", out_dir / "splits.json")
+    merged = {**existing, "objects": objects}
+    _write_atomic(out_dir / "datastore_v2.json", json.dumps(merged, indent=2, default=str))
+
+
 def build(out_dir: Path = DEFAULT_OUT, force: bool = False) -> Path:
-    """Build the datastore into out_dir (skipped when already complete unless force); returns out_dir."""
+    """Build the datastore into out_dir (skipped when already complete unless force); returns out_dir.
+
+    Rebuilding an existing datastore replaces only the builder's own images and labels: anything users
+    added (uploads, labels they saved, DICOMweb-cached series, entries without metadata) is kept as it is.
+    """
     out_dir = Path(out_dir).resolve()
     if not force and is_complete(out_dir):
         return out_dir
     # Imported late: monailabel pulls in torch, which is slow and not needed to skip a complete build.
     from monailabel.datastore.local import LocalDatastore
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "datastore_v2.json").exists():
+    index = out_dir / "datastore_v2.json"
+    if out_dir.exists() and any(out_dir.iterdir()) and not index.exists():
         raise FileExistsError(f"{out_dir} is not empty and is not a datastore; refusing to overwrite it")
+    existing = _read_json(index) if index.exists() else None
+    if index.exists() and existing is None:
+        raise FileExistsError(f"{index} is not a readable datastore index; refusing to overwrite it")
+    theirs = {k for k, obj in _objects(existing).items() if not is_sample_image(obj)}
 
-    volumes = collect()
+    everything = collect()
+    volumes = [vol for vol in everything if vol.id not in theirs]  # never overwrite a user's image
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Build next to the target and swap in at the end, so an interrupted build never looks complete.
+    # Build next to the target and move in at the end, so an interrupted build never looks complete.
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the datastore is an ordinary shared folder
     try:
@@ -356,25 +454,54 @@ def build(out_dir: Path = DEFAULT_OUT, force: bool = False) -> Path:
                     store.save_label(vol.id, str(lab), FINAL, {"label_names": LABEL_NAMES, "structures": STRUCTURES})
                 # add_image stamps its own keys (ts, name); re-apply ours through the documented API.
                 store.update_image_info(vol.id, info)
-        (staging / "splits.json").write_text(json.dumps(holdout_split(volumes), indent=1) + "\n")
+        splits = holdout_split(everything)
+        splits["images"] = {k: v for k, v in splits["images"].items() if k not in theirs}
+        (staging / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
         (staging / ".lock").unlink(missing_ok=True)  # filelock leaves it behind; the server recreates it
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        if existing is not None:
+            _merge_into(staging, out_dir, existing)
+        else:
+            if out_dir.exists():
+                out_dir.rmdir()  # empty (checked above)
+            staging.rename(out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
     return out_dir
 
 
+def _dims(values: Any) -> str:
+    try:
+        return "x".join(f"{float(v):g}" for v in values) or "?"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _header_geometry(path: Path) -> tuple[Any, Any]:
+    """(shape, spacing) from a NIfTI header, for images whose info has none; (None, None) if unreadable."""
+    try:
+        header = nib.load(str(path)).header
+        return header.get_data_shape(), header.get_zooms()[: len(header.get_data_shape())]
+    except Exception:
+        return None, None
+
+
 def summary(out_dir: Path) -> str:
-    """One line per image: id, modality, shape, spacing, labelled."""
-    objects = json.loads((Path(out_dir) / "datastore_v2.json").read_text())["objects"]
-    lines = [f"{'id':22} {'mod':3} {'shape':16} {'spacing':22} labelled"]
+    """One line per image: id, modality, shape, spacing, labelled (a final label). Images the builder did not
+    write may have no metadata at all: their geometry is read from the file's header, anything unknown says so."""
+    out_dir = Path(out_dir)
+    objects = _objects(_read_json(out_dir / "datastore_v2.json"))
+    lines = [f"{'id':22} {'mod':7} {'shape':16} {'spacing':22} labelled"]
     for image_id, obj in objects.items():
-        i = obj["image"]["info"]
-        lines.append(f"{image_id:22} {i['modality']:3} {'x'.join(map(str, i['shape'])):16} "
-                     f"{'x'.join(f'{s:g}' for s in i['spacing']):22} {'yes' if obj['labels'].get(FINAL) else 'no'}")
+        info = _image_info(obj)
+        modality = str(info.get("modality") or info.get("Modality") or "unknown")
+        shape, spacing = info.get("shape"), info.get("spacing")
+        if shape is None or spacing is None:
+            image = obj.get("image") if isinstance(obj, dict) else None
+            ext = image.get("ext") if isinstance(image, dict) else None
+            shape, spacing = _header_geometry(out_dir / f"{image_id}{ext or ''}")
+        lines.append(f"{image_id:22} {modality:7} {_dims(shape):16} {_dims(spacing):22} "
+                     f"{'yes' if _labels(obj).get(FINAL) else 'no'}")
     return "\n".join(lines)
 
 

@@ -141,6 +141,8 @@ def test_point_reaches_the_model_on_exactly_its_voxel(server, image, axis):
     ({"question": "What?", "roi": [1, 2, 3]}, "roi"),
     ({"question": "What?", "roi": [10, 10, 20, 40, 70, 70], "slice": 70}, "roi"),
     ({"question": "What?", "window": {"center": 10, "width": -1}}, "window"),
+    ({"question": "What?", "scribble": []}, "scribble"),  # an empty stroke is not "no scribble"
+    ({"question": "What?", "scribble": [[]]}, "scribble"),
     ({"question": "a\x00b"}, "question"),
     ({"task": "vqa"}, "question"),
     ({}, "question"),

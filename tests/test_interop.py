@@ -269,6 +269,7 @@ BAD_REQUESTS = [
     pytest.param({"label": "white matter", "scope": "volume", "foreground": [[98, 120, 90]]}, "scope",
                  id="volume-with-points"),
     pytest.param({"label": "white matter", "roi": [1, 2, 3]}, "roi", id="roi-length"),
+    pytest.param({"question": "What is this?", "scribble": []}, "scribble", id="empty-scribble"),
     pytest.param({"label": "white matter", "window": {"center": 40, "width": -1}}, "window", id="window-width"),
     pytest.param({"label": "white matter", "result_extension": ".png"}, "result_extension", id="bad-extension"),
     pytest.param({"label": "white matter", "threshold": 2}, "threshold", id="bad-threshold"),

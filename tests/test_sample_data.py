@@ -12,6 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from .user_work import snapshot
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_NAMES = {"grey matter": 1, "white matter": 2, "csf": 3}
 
@@ -229,3 +231,100 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
 def test_copy_is_still_complete(store, tmp_path):
     shutil.copytree(store, tmp_path / "copy")
     assert bsd.is_complete(tmp_path / "copy")  # no absolute paths inside: the folder is relocatable
+
+
+# ------------------------------------------------------------------ a datastore users worked in (issue #15)
+
+
+def _user_work(store: Path, tmp_path: Path) -> tuple[set[str], set[str]]:
+    """Add what users leave behind, through the server's own datastore class where a client could do it: an
+    uploaded .nii with no metadata and its final and original labels, a final label on an unlabelled sample
+    image, an original-tag label on a labelled one, an image with no metadata in the index and a DICOMweb-cached
+    series. Returns (their files relative to `store`, the index entries to compare)."""
+    from monailabel.config import settings
+
+    from medplib_label.datastore import SafeLocalDatastore
+
+    from .user_work import add_bare_image, add_dicomweb_series
+
+    ds = SafeLocalDatastore(str(store), extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT, auto_reload=False)
+    upload = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+    img = nib.load(upload)
+    label = (np.asanyarray(img.dataobj) > np.asanyarray(img.dataobj).mean()).astype(np.uint8)
+    lab = tmp_path / "upload_label.nii.gz"
+    nib.save(nib.Nifti1Image(label, img.affine), lab)
+    ct = nib.load(store / "ct_small.nii.gz")
+    ct_lab = tmp_path / "ct_label.nii.gz"
+    nib.save(nib.Nifti1Image((np.asanyarray(ct.dataobj) > 0).astype(np.uint8), ct.affine), ct_lab)
+    mni = nib.load(store / "mni152_t1.nii.gz")
+    mni_lab = tmp_path / "mni_label.nii.gz"
+    nib.save(nib.Nifti1Image((np.asanyarray(mni.dataobj) > 80).astype(np.uint8), mni.affine), mni_lab)
+
+    ds.add_image("my_scan", str(upload), {})  # what PUT /datastore/?image=my_scan does with an empty params
+    ds.save_label("my_scan", str(lab), "final", {})
+    ds.save_label("my_scan", str(lab), "original", {"user": "someone"})
+    ds.save_label("ct_small", str(ct_lab), "final", {"label_info": [{"name": "target", "idx": 1}]})
+    ds.save_label("mni152_t1", str(mni_lab), "original", {})
+    bare = add_bare_image(store, "no_metadata", store / "mr_small.nii.gz")
+    uid = add_dicomweb_series(store, tmp_path / "dicom")
+    files = {"my_scan.nii", "labels/final/my_scan.nii.gz", "labels/original/my_scan.nii.gz",
+             "labels/final/ct_small.nii.gz", "labels/original/mni152_t1.nii.gz", f"{bare}.nii.gz", f"{uid}.nii.gz"}
+    return files, {"my_scan", bare, uid}
+
+
+def test_user_work_survives_the_build_step_and_rebuilds(store, tmp_path, capsys):
+    """`make serve` runs the build step on every start: with users' images and labels in the datastore it must
+    neither fail (their images have no modality, shape or spacing) nor touch them, also when it rebuilds."""
+    store = Path(shutil.copytree(store, tmp_path / "datastore"))
+    files, ids = _user_work(store, tmp_path)
+    before = snapshot(store, files, ids)
+    ours = store / "labels" / "final" / "mni152_t1.nii.gz"
+    sample_label = ours.read_bytes()
+
+    assert bsd.main(["--out", str(store)]) == 0  # complete: skipped, and the summary lists every image
+    out = capsys.readouterr().out
+    assert "skipped" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert rows["my_scan"] == ["unknown", "33x41x25", "2x2x2", "yes"]  # geometry from the file's header
+    assert rows["no_metadata"] == ["unknown", "64x64x1", "0.3125x0.3125x0.8", "no"]
+    uid = next(i for i in ids if i.startswith("1."))
+    assert rows[uid][0] == "CT" and rows[uid][-1] == "no"
+    assert rows["ct_small"][-1] == "yes" and rows["mni152_t1"] == ["MR", "197x233x189", "1x1x1", "yes"]
+    assert snapshot(store, files, ids) == before
+
+    ours.unlink()  # incomplete: rebuilt, then forced: both replace only the builder's own files
+    assert not bsd.is_complete(store)
+    for force in (False, True):
+        bsd.build(store, force=force)
+        assert snapshot(store, files, ids) == before
+        objects = json.loads((store / "datastore_v2.json").read_text())["objects"]
+        assert ours.read_bytes() == sample_label and objects["mni152_t1"]["labels"]["final"]["info"]["structures"]
+        assert set(objects["mni152_t1"]["labels"]) == {"final", "original"}
+        assert objects["ct_small"]["labels"]["final"]["info"]["label_info"] == [{"name": "target", "idx": 1}]
+        assert bsd.is_complete(store)
+    stamps = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    assert bsd.main(["--out", str(store)]) == 0 and "skipped" in capsys.readouterr().out  # idempotent
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == stamps
+
+    # And MONAI Label reads the merged index as it is: every image and label, nothing to reconcile.
+    from monailabel.datastore.local import LocalDatastore
+
+    index = (store / "datastore_v2.json").read_bytes()
+    ds = LocalDatastore(str(store), extensions=("*.nii.gz", "*.nii"), auto_reload=False)
+    assert ids <= set(ds.list_images()) and {"my_scan", "ct_small"} <= set(ds.get_labeled_images())
+    assert (store / "datastore_v2.json").read_bytes() == index
+
+
+def test_never_overwrites_a_users_image_under_a_sample_id(store, tmp_path):
+    """An upload named like a sample image (here `nibabel_epi`) replaced it: it stays the user's."""
+    from .user_work import add_bare_image
+
+    store = Path(shutil.copytree(store, tmp_path / "datastore"))
+    add_bare_image(store, "nibabel_epi", store / "mr_small.nii.gz")
+    before = (store / "nibabel_epi.nii.gz").read_bytes()
+    assert bsd.is_complete(store)  # their image counts as present: no rebuild on every start
+    bsd.build(store, force=True)
+    assert (store / "nibabel_epi.nii.gz").read_bytes() == before
+    assert json.loads((store / "datastore_v2.json").read_text())["objects"]["nibabel_epi"] == {
+        "image": {"ext": ".nii.gz"}}
+    assert bsd.is_complete(store)
