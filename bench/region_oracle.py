@@ -6,7 +6,7 @@ An upper bound that needs no model: give each CLIP grid cell the *true* tissue c
 cells the way the model pools region features (`region_grid` + bilinear samples at the original's positions, or
 coverage-weighted), and answer with the dominant tissue. A model can only know less than the truth per cell, so
 its region accuracy stays below this bound for the same grid. The held-out region questions are those the
-evaluation asks (`trainers/dataset.py`, same sampler and seed).
+evaluation asks (`medplib/data/conversations.py`, same sampler and seed).
 """
 
 from __future__ import annotations
@@ -46,10 +46,9 @@ def region_questions(studies: str, slice_step: int):
 
 
 def oracle(items, image_size: int, patch: int, span: int, weighted: bool) -> float:
-    from medplib.preprocess import region_grid
-    from medplib.regions import rasterize
-
-    from medplib_label.trainers.dataset import leaf_structures, structures_of
+    from medplib.data.conversations import leaf_structures, structures_of
+    from medplib.imaging.preprocess import region_grid
+    from medplib.imaging.regions import rasterize
 
     g = image_size // patch
     hits = 0

@@ -25,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medplib.conversation import SPECIAL_TOKENS, Turn, build_input_ids  # noqa: E402
-from medplib.tokenizer import add_medplib_tokens  # noqa: E402
+from medplib.model.conversation import SPECIAL_TOKENS, Turn, build_input_ids  # noqa: E402
+from medplib.model.tokenizer import add_medplib_tokens  # noqa: E402
+
 from tests.test_prompt_ids import CASES, SYSTEM, Reference431, train_llama_like_sentencepiece  # noqa: E402
 
 # Runs under transformers 4.31: the original's tokenizer set-up, get_prompt, tokenizer_image_token and

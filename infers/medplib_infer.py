@@ -11,13 +11,12 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from medplib.bilingual import GROUND_ANSWER_ZH, is_chinese, to_zh
-from medplib.conversation import GROUND_ANSWER, grounding_question
-from medplib.preprocess import Window, logit
-
+from medplib.data.planes import PlaneMapper
+from medplib.data.volumes import Volume, auto_window, read_label_like, write_label
+from medplib.imaging.preprocess import Window, logit
+from medplib.model.bilingual import GROUND_ANSWER_ZH, is_chinese, to_zh
+from medplib.model.conversation import GROUND_ANSWER, grounding_question
 from medplib_label.engine import MedPLIBEngine
-from medplib_label.geometry import PlaneMapper
-from medplib_label.volume_io import Volume, read_label_like, write_label
 
 from .prompts import PlanePrompts, build_prompts, choose_slice, resolve_task
 from .refer import box_text, history_turns, question_boxes, slice_boxes, volume_boxes
@@ -28,19 +27,6 @@ from .volume_scope import ground_volume
 logger = logging.getLogger(__name__)
 
 
-def auto_window(vol: Volume, modality: str | None) -> Window:
-    """A window per image from robust volume percentiles (the same for every slice, so volume masks agree).
-
-    CT keeps a slightly wider tail so bone and air stay distinct; other modalities clip 0.5 % on each side.
-    """
-    arr = vol.array
-    step = max(1, arr.size // 2_000_000)  # a strided sample is plenty for percentiles
-    sample = arr.reshape(-1)[::step].astype(np.float32)
-    is_ct = (modality or "").upper() == "CT" or (modality is None and sample.min() < -500)
-    lo, hi = np.percentile(sample, (0.1, 99.9) if is_ct else (0.5, 99.5))
-    if hi <= lo:
-        hi = lo + 1.0
-    return Window(center=float((lo + hi) / 2), width=float(hi - lo))
 
 
 class MedPLIBInfer(InferTask):

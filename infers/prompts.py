@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medplib.bilingual import is_grounding_request_zh
-from medplib.conversation import grounding_question, is_grounding_request
-from medplib.regions import Box, Point, Region, Scribble
-
-from medplib_label.geometry import PlaneMapper
+from medplib.data.planes import PlaneMapper
+from medplib.imaging.regions import Box, Point, Region, Scribble
+from medplib.model.bilingual import is_grounding_request_zh
+from medplib.model.conversation import grounding_question, is_grounding_request
 
 from .request import InferParams, bad_request
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from medplib.boxes import FORMATS, PixelBox, boxes_to_regions, components, format_boxes, slices_box
-from medplib.conversation import Turn
-from medplib.regions import Box
-
-from medplib_label.geometry import PlaneMapper
+from medplib.data.planes import PlaneMapper
+from medplib.imaging.boxes import FORMATS, PixelBox, boxes_to_regions, components, format_boxes, slices_box
+from medplib.imaging.regions import Box
+from medplib.model.conversation import Turn
 
 from .request import InferParams, bad_request
 

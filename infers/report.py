@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from medplib.batch_ask import AskJob, ask_batch
-from medplib.bilingual import is_chinese, to_zh
-from medplib.conversation import GROUND_ANSWER, grounding_question
-from medplib.preprocess import Window, logit
-
-from medplib_label.geometry import PlaneMapper
-from medplib_label.volume_io import Volume, write_label
+from medplib.data.planes import PlaneMapper
+from medplib.data.volumes import Volume, write_label
+from medplib.imaging.preprocess import Window, logit
+from medplib.inference.batch_ask import AskJob, ask_batch
+from medplib.model.bilingual import is_chinese, to_zh
+from medplib.model.conversation import GROUND_ANSWER, grounding_question
 
 from .prompts import choose_slice
 from .refer import box_text, slice_boxes, volume_boxes

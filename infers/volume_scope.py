@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medplib.predictor import MedPLIBPredictor
-from medplib.preprocess import Window, logit, prepare_rgb, window_to_uint8
-
+from medplib.data.planes import PlaneMapper
+from medplib.data.volumes import Volume
+from medplib.imaging.preprocess import Window, logit, prepare_rgb, window_to_uint8
+from medplib.inference.batch_ground import ground_batch
+from medplib.inference.predictor import MedPLIBPredictor
 from medplib_label.engine import MedPLIBEngine
-from medplib_label.geometry import PlaneMapper
-from medplib_label.volume_io import Volume
 
 MIN_TISSUE_FRACTION = 0.005  # slices with less visible tissue than this are skipped (air only)
 
@@ -37,8 +37,6 @@ def ground_volume(engine: MedPLIBEngine, vol: Volume, axis: int, window: Window,
     batch). Where the model would not itself have answered with the template, that slice falls back to the
     interactive path (generation), so the masks are those of per-slice calls either way.
     """
-    from medplib.batch_ground import ground_batch
-
     model, tok = engine.get()
     label = np.zeros(vol.shape, bool)
     logit_thr = logit(threshold)

@@ -2,7 +2,7 @@
 
 Infer requests run in several worker threads (see `server.py`); each slice question is handed to this batcher and
 its thread waits. One model thread takes whatever questions are waiting (up to `max_batch`, after at most
-`wait_s` for more once the model is free) and answers them together with `medplib.batch_ask`: one CLIP and one
+`wait_s` for more once the model is free) and answers them together with `medplib.inference.batch_ask`: one CLIP and one
 SAM encoder call for the new slices, one LLM pass for the new slices' image prefixes together with every
 question and its draft (a group per cached-prefix length), batched greedy decoding, one mask-decoder call.
 A lone request is not delayed by more than `wait_s`.
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from medplib.batch_ask import AskJob, ask_batch
-from medplib.predictor import Answer, MedPLIBPredictor, set_images
-from medplib.preprocess import Window
+from medplib.imaging.preprocess import Window
+from medplib.inference.batch_ask import AskJob, ask_batch
+from medplib.inference.predictor import Answer, MedPLIBPredictor, set_images
 
 logger = logging.getLogger(__name__)
 

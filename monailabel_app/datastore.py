@@ -21,7 +21,7 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 from monailabel.interfaces.exception import ImageNotFoundException
 
-from .volume_io import read_volume
+from medplib.data.volumes import read_volume
 
 logger = logging.getLogger(__name__)
 

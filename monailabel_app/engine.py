@@ -17,12 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medplib.loading import DELTA_NAME, WEIGHTS_NAME, build_model, from_pretrained
-from medplib.lora import merge_lora
-from medplib.predictor import Answer, MedPLIBPredictor
-from medplib.preprocess import Window
+from medplib.checkpoints.build import build_model
+from medplib.checkpoints.official import load_official
+from medplib.checkpoints.project import DELTA_NAME, WEIGHTS_NAME, from_pretrained
+from medplib.data.volumes import Volume, read_volume
+from medplib.imaging.preprocess import Window
+from medplib.inference.compiled import compile_model
+from medplib.inference.predictor import Answer, MedPLIBPredictor
+from medplib.model.lora import merge_lora
 
-from .volume_io import Volume, read_volume
+from .batcher import ModelBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +118,6 @@ class MedPLIBEngine:
                 self._model, self._tokenizer = self._load(folder)
                 self._model.config.seg_state = self.settings.seg_state
                 if self.settings.compile != "none":
-                    from medplib.compiled import compile_model
-
                     compiled = compile_model(self._model, self.settings.compile)
                     logger.info("torch.compile on %d modules (compiled on first use)", len(compiled))
                 self._loaded_from, self._loaded_mtime = source, mtime
@@ -132,8 +134,6 @@ class MedPLIBEngine:
             merge_lora(model)  # serving never trains: fold the LoRA factors in (same outputs, ~10 % faster)
             return model, tok
         if (folder / "config.json").is_file():
-            from medplib.official import load_official
-
             return load_official(folder, self.settings.clip_path, self.settings.sam_path, device=self.device,
                                  dtype=self.dtype)
         raise FileNotFoundError(f"{folder} is neither a MedPLIB project checkpoint nor an official release folder")
@@ -188,8 +188,6 @@ class MedPLIBEngine:
                 "batcher": self._batcher.stats() if self._batcher is not None else None}
 
     def batcher(self):
-        from .batcher import ModelBatcher
-
         with self.lock:
             if self._batcher is None:
                 self._batcher = ModelBatcher(self, self.settings.max_batch, self.settings.batch_wait_ms / 1e3)

@@ -31,18 +31,18 @@ import json
 import logging
 import os
 
+from fastapi import HTTPException
+from monailabel.config import settings as ml_settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.activelearning.first import First
 
-from fastapi import HTTPException
-from monailabel.config import settings as ml_settings
-
-from medplib.config import SEG_STATES
+from medplib.model.config import SEG_STATES
 from medplib_label.datastore import SafeLocalDatastore
+from medplib_label.dicomweb import dicomweb_datastore
 from medplib_label.engine import EngineSettings, MedPLIBEngine
-from medplib_label.strategies import RandomStrategy
 from medplib_label.infers.medplib_infer import MedPLIBInfer
+from medplib_label.strategies import RandomStrategy
 from medplib_label.trainers.medplib_train import MedPLIBTrainTask
 from medplib_label.trainers.uncertainty import MedPLIBUncertaintyScoring, UncertaintyStrategy
 
@@ -105,7 +105,6 @@ class MedPLIBApp(MONAILabelApp):
                 return super().init_datastore()
             # DICOMweb (Orthanc, dcm4chee, ...): our offline datastore; MONAI Label's own would download dcmqi
             # from GitHub at start-up and write DICOM SEG with it.
-            from medplib_label.dicomweb import dicomweb_datastore
 
             self.studies = self.studies.rstrip("/").strip()
             return dicomweb_datastore(self.studies, labels=self.label_map, conf=self.conf)

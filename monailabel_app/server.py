@@ -32,6 +32,7 @@ from monailabel.endpoints.infer import ResultType, run_inference
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.exception import MONAILabelException
 
+from .datastore import check_id
 from .sessions import router as session_router
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ def _from_token(token: str):
     """MONAI Label 0.8.5's auth calls jwt.decode without `algorithms`, which PyJWT 2 rejects, so with auth enabled
     every token was refused. Same claims logic, with the algorithms Keycloak signs with."""
     import jwt
-
     from monailabel.endpoints.user import auth
 
     if not settings.MONAI_LABEL_AUTH_ENABLE:
@@ -178,8 +178,6 @@ async def _bad_value(request, exc: ValueError):
 @app.middleware("http")
 async def refuse_unsafe_ids(request, call_next):
     """Ids and tags in query strings become file names in the datastore: refuse traversal and injection."""
-    from .datastore import check_id
-
     for name in ID_PARAMS:
         if name in request.query_params:
             try:

@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny():
     """(model, tokenizer) of the random `tiny` preset."""
-    from medplib.loading import build_model
+    from medplib.checkpoints.build import build_model
 
     return build_model("tiny", seed=0)
 
@@ -36,10 +36,10 @@ def fitted_tiny():
 
     Returns (model, tokenizer, image, {"liver": mask, "spleen": mask}, final loss).
     """
-    from medplib.loading import build_model
-    from medplib.losses import compute_loss
-    from medplib.regions import Point
-    from medplib.samples import make_sample
+    from medplib.checkpoints.build import build_model
+    from medplib.imaging.regions import Point
+    from medplib.model.losses import compute_loss
+    from medplib.training.samples import make_sample
 
     model, tok = build_model("tiny", seed=1)
     img = synthetic_image()
@@ -68,7 +68,7 @@ def fitted_tiny():
 @pytest.fixture(scope="session")
 def fitted_tiny_dir(fitted_tiny, tmp_path_factory):
     """The fitted tiny model saved as a project checkpoint (what `--conf model <dir>` serves)."""
-    from medplib.loading import save_pretrained
+    from medplib.checkpoints.project import save_pretrained
 
     model, tok, *_ = fitted_tiny
     return save_pretrained(model, tok, tmp_path_factory.mktemp("ckpt") / "tiny-fitted")

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from medplib.loading import build_model
-from medplib.lora import LoraSettings
-from medplib.regions import Point
-from medplib.samples import make_sample
-from medplib.trainer import Example, TrainConfig, Trainer
+from medplib.checkpoints.build import build_model
+from medplib.imaging.regions import Point
+from medplib.model.lora import LoraSettings
+from medplib.training.samples import make_sample
+from medplib.training.trainer import Example, TrainConfig, Trainer
 
 
 def main(out_dir: str, mode: str = "ddp") -> None:
@@ -38,8 +38,8 @@ def main(out_dir: str, mode: str = "ddp") -> None:
     def save(m, path):  # the consolidated checkpoint rank 0 publishes (LoRA merged)
         import copy
 
-        from medplib.loading import save_pretrained
-        from medplib.lora import merge_lora
+        from medplib.checkpoints.project import save_pretrained
+        from medplib.model.lora import merge_lora
 
         merged = copy.deepcopy(m)
         merge_lora(merged)
@@ -52,7 +52,7 @@ def main(out_dir: str, mode: str = "ddp") -> None:
     if mode == "fsdp":
         from torch.distributed.tensor import DTensor
 
-        from medplib.fsdp import full_state_dict
+        from medplib.checkpoints.sharded import full_state_dict
 
         local = {k: tuple(v.to_local().shape) for k, v in model.state_dict().items() if isinstance(v, DTensor)}
         torch.save(local, f"{out_dir}/fsdp_local{rank}.pt")

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medplib_label.geometry import PlaneMapper
-from medplib_label.volume_io import read_volume
+from medplib.data.planes import PlaneMapper
+from medplib.data.volumes import read_volume
 
 from .app_client import monailabel_client, parse_infer
 

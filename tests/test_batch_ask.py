@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medplib.batch_ask import AskJob, ask_batch
-from medplib.batch_decode import DecodeRequest, generate_batch
-from medplib.conversation import GROUND_ANSWER
-from medplib.predictor import MedPLIBPredictor, set_images
-from medplib.regions import Point
+from medplib.imaging.regions import Point
+from medplib.inference.batch_ask import AskJob, ask_batch
+from medplib.inference.batch_decode import DecodeRequest, generate_batch
+from medplib.inference.predictor import MedPLIBPredictor, set_images
+from medplib.model.conversation import GROUND_ANSWER
 
 
 def _images(img):

@@ -79,7 +79,7 @@ def test_feature_cache_lru_by_bytes(fitted_tiny):
     """The LRU keeps as many slices as their measured bytes allow, dropping the least recently used."""
     import numpy as np
 
-    from medplib.predictor import MedPLIBPredictor
+    from medplib.inference.predictor import MedPLIBPredictor
     from medplib_label.engine import FeatureCache
 
     model, tok, img, _, _ = fitted_tiny

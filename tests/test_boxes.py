@@ -7,8 +7,17 @@ import random
 import numpy as np
 import pytest
 
-from medplib.boxes import (PixelBox, box_iou, format_boxes, from_grid, hungarian_accuracy, mask_boxes, parse_boxes,
-                           recall_at, to_grid)
+from medplib.imaging.boxes import (
+    PixelBox,
+    box_iou,
+    format_boxes,
+    from_grid,
+    hungarian_accuracy,
+    mask_boxes,
+    parse_boxes,
+    recall_at,
+    to_grid,
+)
 
 
 def test_one_box_per_component_with_min_area_largest_first():

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from medplib.config import tiny_config
-from medplib.loading import build_model, from_pretrained, save_pretrained
-from medplib.official import CLIP_PREFIX, SAM_PREFIX, load_official
-from medplib.predictor import MedPLIBPredictor
-from medplib.regions import Point
+from medplib.checkpoints.build import build_model
+from medplib.checkpoints.official import CLIP_PREFIX, SAM_PREFIX, load_official
+from medplib.checkpoints.project import from_pretrained, save_pretrained
+from medplib.imaging.regions import Point
+from medplib.inference.predictor import MedPLIBPredictor
+from medplib.model.config import tiny_config
 
 from .conftest import synthetic_image
 
@@ -65,7 +66,7 @@ def write_official_layout(root: Path):
     """Write a tiny model in the release's layout: HF folder with 2 .bin shards + index, CLIP folder, SAM .pth."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
-    from medplib.tokenizer import add_medplib_tokens
+    from medplib.model.tokenizer import add_medplib_tokens
 
     ckpt, clip_dir, sam_path = root / "MedPLIB-7b-2e", root / "clip-vit-large-patch14-336", root / "sam-med2d_b.pth"
     ckpt.mkdir(parents=True)
@@ -161,7 +162,7 @@ def test_bf16_load(tmp_path, tiny):
 
 def test_official_config_without_projector_type_means_linear(tmp_path):
     """LLaVA's builder: a config.json with no `mm_projector_type` gets a single Linear projector."""
-    from medplib.official import official_medplib_config
+    from medplib.checkpoints.official import official_medplib_config
 
     _, _, ckpt, clip_dir, _ = write_official_layout(tmp_path)
     hf = json.loads((ckpt / "config.json").read_text())

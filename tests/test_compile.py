@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from medplib.compiled import compile_model
-from medplib.predictor import MedPLIBPredictor
+from medplib.inference.compiled import compile_model
+from medplib.inference.predictor import MedPLIBPredictor
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,

@@ -180,7 +180,7 @@ def test_lists_series_with_filters_and_dicom_info(pacs, tmp_path):
 
 
 def test_series_becomes_nifti_with_the_dicom_geometry(pacs, tmp_path):
-    from medplib_label.volume_io import read_volume
+    from medplib.data.volumes import read_volume
 
     server, mr, ct_uid = pacs
     store = make_store(server, tmp_path / "cache")
@@ -201,7 +201,7 @@ def test_grounding_then_final_label_as_dicom_seg_round_trip(pacs, app, tmp_path)
     import pydicom_seg
     from dicomweb_client.api import DICOMwebClient
 
-    from medplib_label.volume_io import read_volume, write_label
+    from medplib.data.volumes import read_volume, write_label
 
     from .app_client import parse_infer
 
@@ -264,7 +264,7 @@ def test_grounding_then_final_label_as_dicom_seg_round_trip(pacs, app, tmp_path)
     pairs = fresh.datalist()
     assert len(pairs) == 1 and pairs[0]["image"].endswith(f"{mr.series_uid}.nii.gz")
     assert np.array_equal(read_volume(pairs[0]["label"]).array, final)
-    # the cache is a plain local datastore: what torchrun ranks (trainers/ddp.py) open
+    # the cache is a plain local datastore: what torchrun ranks (medplib/training/ddp.py) open
     from monailabel.datastore.local import LocalDatastore
 
     assert LocalDatastore(fresh._datastore_path, auto_reload=False).datalist() == pairs
@@ -276,7 +276,7 @@ def test_grounding_then_final_label_as_dicom_seg_round_trip(pacs, app, tmp_path)
 def test_bad_labels_are_refused_before_anything_is_stored(pacs, tmp_path):
     from fastapi import HTTPException
 
-    from medplib_label.volume_io import read_volume, write_label
+    from medplib.data.volumes import read_volume, write_label
 
     server, mr, ct_uid = pacs
     store = make_store(server, tmp_path / "cache")
@@ -297,7 +297,7 @@ def test_bad_labels_are_refused_before_anything_is_stored(pacs, tmp_path):
 
 
 def test_newest_seg_wins_and_a_deleted_seg_unlabels(pacs, tmp_path):
-    from medplib_label.volume_io import read_volume, write_label
+    from medplib.data.volumes import read_volume, write_label
 
     server, mr, ct_uid = pacs
     store = make_store(server, tmp_path / "a")
@@ -358,7 +358,7 @@ def test_logs_carry_no_patient_identifiers_or_pixels(pacs, app, tmp_path, caplog
     """Every log record of a DICOMweb session (list, info, infer, save) is free of the series' patient data."""
     import logging
 
-    from medplib_label.volume_io import read_volume, write_label
+    from medplib.data.volumes import read_volume, write_label
 
     from .app_client import parse_infer
 

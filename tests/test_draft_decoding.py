@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medplib.conversation import GROUND_ANSWER
-from medplib.predictor import MedPLIBPredictor
+from medplib.inference.predictor import MedPLIBPredictor
+from medplib.model.conversation import GROUND_ANSWER
 
 
 @pytest.mark.parametrize("question, draft", [

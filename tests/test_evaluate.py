@@ -1,4 +1,4 @@
-"""Evaluation library and CLI (`medplib.evaluate`): official metric rules on a hand-made MeCoVQA-format set,
+"""Evaluation library and CLI (`medplib.evaluation.evaluate`): official metric rules on a hand-made MeCoVQA-format set,
 the real tiny model end to end, and the sample datastore's held-out split."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medplib.eval_metrics import bleu, closed_match, load_training_log, modality_of, normalize_answer, token_f1
-from medplib.evaluate import evaluate_heldout, evaluate_mecovqa, main, write_report
-from medplib.regions import DatasetMask
+from medplib.evaluation.evaluate import evaluate_heldout, evaluate_mecovqa, main, write_report
+from medplib.evaluation.scoring import bleu, closed_match, load_training_log, modality_of, normalize_answer, token_f1
+from medplib.imaging.regions import DatasetMask
 
 H, W = 40, 60  # non-square on purpose: IoU is computed at the original resolution
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -213,7 +213,7 @@ def test_max_samples_mask_folder_and_errors(mecovqa, tmp_path):
 # ---------------------------------------------------------------------------------------------- real model
 def test_cli_end_to_end_with_tiny_model(mecovqa, tmp_path, monkeypatch, capsys):
     """The real tiny (random) model through the CLI: structure, counts and ranges (not quality)."""
-    import medplib.predictor as predictor_mod
+    import medplib.inference.predictor as predictor_mod
 
     json_path, root = mecovqa
     seen: list[tuple[str, list[np.ndarray]]] = []
@@ -275,7 +275,7 @@ class OracleShapeStub(StubPredictor):
     def ask(self, question, regions=(), max_new_tokens=None, **_):
         h, w = self.images[-1].shape[:2]
         self.calls.append((question, list(regions)))
-        from medplib.bilingual import is_grounding_request_zh
+        from medplib.model.bilingual import is_grounding_request_zh
 
         seg = any(word in question.lower() for word in ("segment", "where is")) or is_grounding_request_zh(question)
         logits = np.full((1 if seg else 0, h, w), 5.0, np.float32)
@@ -310,7 +310,7 @@ def test_heldout_aggregation_with_stub(sample_datastore):
 def test_heldout_with_tiny_model_and_plots(sample_datastore, tiny, tmp_path):
     from monailabel.datastore.local import LocalDatastore
 
-    from medplib.predictor import MedPLIBPredictor
+    from medplib.inference.predictor import MedPLIBPredictor
 
     model, tok = tiny
     predictor = MedPLIBPredictor(model, tok, mask_threshold=0.1)
@@ -338,7 +338,7 @@ def test_heldout_with_tiny_model_and_plots(sample_datastore, tiny, tmp_path):
 def test_box_answers_and_box_questions_med_grit_format(tmp_path):
     """Med-GRIT / MedRegA-style turns: detection answers with <box> text (scored by Recall@0.5 and Hungarian
     Acc@t, from the model's text boxes or else its masks) and referring questions whose region is a box."""
-    from medplib.regions import Box
+    from medplib.imaging.regions import Box
 
     root = tmp_path / "grit"
     save_png(root / CT, np.zeros((H, W), np.uint8))
@@ -384,7 +384,7 @@ def test_box_answers_and_box_questions_med_grit_format(tmp_path):
 
 def test_cli_decodes_as_the_original_by_default_and_reports_each_difference(mecovqa, tmp_path, monkeypatch):
     """MeCoVQA runs default to the original's 1024 new tokens; the report states dtype, <SEG> rule and text."""
-    import medplib.evaluate as evaluate_mod
+    import medplib.evaluation.evaluate as evaluate_mod
 
     json_path, root = mecovqa
     asked = {}

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from medplib_label.geometry import PlaneMapper
+from medplib.data.planes import PlaneMapper
 
 
 def orientations():

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from medplib import lite_medsam
-from medplib.lite_medsam import (build_lite_medsam, checkpoint_path, lite_pixel_values, lite_postprocess,
-                                 load_state_dict, to_lite_frame)
+from medplib.model import lite_medsam
+from medplib.model.lite_medsam import (
+    build_lite_medsam,
+    checkpoint_path,
+    lite_pixel_values,
+    lite_postprocess,
+    load_state_dict,
+    to_lite_frame,
+)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from medplib.config import preset
-from medplib.memory import report
+from medplib.checkpoints.memory import report
+from medplib.model.config import preset
 
 
 def test_official_memory_matches_published_estimates():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from medplib.conversation import REGION_TOKEN_INDEX, SPECIAL_TOKENS
-from medplib.metrics import dice
-from medplib.predictor import MedPLIBPredictor
-from medplib.regions import Box, Point, Scribble
+from medplib.imaging.metrics import dice
+from medplib.imaging.regions import Box, Point, Scribble
+from medplib.inference.predictor import MedPLIBPredictor
+from medplib.model.conversation import REGION_TOKEN_INDEX, SPECIAL_TOKENS
 
 from .conftest import synthetic_image
 
@@ -154,7 +154,7 @@ def test_refine_reuses_seg_embedding_and_runs_only_the_decoder(fitted_tiny):
 
 
 def test_batched_forced_grounding_matches_generation_or_declines(fitted_tiny):
-    from medplib.batch_ground import ground_batch
+    from medplib.inference.batch_ground import ground_batch
 
     model, tok, img, _, _ = fitted_tiny
     rgb = np.repeat((img * 255).astype(np.uint8)[:, :, None], 3, axis=2)

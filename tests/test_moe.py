@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaMLP
 
-from medplib.moe import MoEFeedForward, convert_llama_to_moe
+from medplib.model.moe import MoEFeedForward, convert_llama_to_moe
 
 
 def _mlp(seed: int) -> LlamaMLP:

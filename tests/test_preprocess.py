@@ -6,11 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from medplib.config import CLIP_MEAN, CLIP_STD
-from medplib.metrics import dice, iou
-from medplib.preprocess import (Window, centre_pad, clip_pixel_values, longest_side_size, postprocess_masks,
-                                region_grid, sam_pixel_values, window_to_uint8)
-from medplib.regions import Box, Point, Scribble, rasterize
+from medplib.imaging.metrics import dice, iou
+from medplib.imaging.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    Window,
+    centre_pad,
+    clip_pixel_values,
+    longest_side_size,
+    postprocess_masks,
+    region_grid,
+    sam_pixel_values,
+    window_to_uint8,
+)
+from medplib.imaging.regions import Box, Point, Scribble, rasterize
 
 SAM_MEAN, SAM_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 
@@ -165,9 +174,9 @@ def test_region_grid_keeps_the_largest_component_only_for_dataset_masks():
 
 
 def test_dataset_masks_reach_the_model_as_their_largest_component():
-    from medplib.config import small_config, tiny_config
-    from medplib.region_pixels import region_inputs
-    from medplib.regions import DatasetMask, from_dataset
+    from medplib.imaging.regions import DatasetMask, from_dataset
+    from medplib.model.config import small_config, tiny_config
+    from medplib.model.region_pixels import region_inputs
 
     cfg = tiny_config()  # 56 px input, 4x4 grid
     mask = np.zeros((56, 56), bool)

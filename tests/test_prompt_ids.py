@@ -16,10 +16,18 @@ import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
-from medplib.config import MedPLIBConfig, tiny_config
-from medplib.conversation import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX, SPECIAL_TOKENS, Turn,
-                                  answer_ids, build_input_ids, original_encoding)
-from medplib.tokenizer import add_medplib_tokens, load_tokenizer, save_tokenizer
+from medplib.model.config import MedPLIBConfig, tiny_config
+from medplib.model.conversation import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+    REGION_TOKEN_INDEX,
+    SPECIAL_TOKENS,
+    Turn,
+    answer_ids,
+    build_input_ids,
+    original_encoding,
+)
+from medplib.model.tokenizer import add_medplib_tokens, load_tokenizer, save_tokenizer
 
 SYSTEM = MedPLIBConfig().system_prompt
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medplib.boxes import parse_boxes
+from medplib.imaging.boxes import parse_boxes
 
 from .app_client import monailabel_client, parse_infer
 

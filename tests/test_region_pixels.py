@@ -1,4 +1,4 @@
-"""Fine-resolution region features (`medplib.region_pixels`) and multi-turn packed training samples."""
+"""Fine-resolution region features (`medplib.model.region_pixels`) and multi-turn packed training samples."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from medplib.config import tiny_config
-from medplib.conversation import IGNORE_INDEX, REGION_TOKEN_INDEX
-from medplib.loading import build_model, from_pretrained, save_delta
-from medplib.lora import STAGES, LoraSettings, add_lora, configure_stage
-from medplib.losses import compute_loss
-from medplib.predictor import MedPLIBPredictor
-from medplib.preprocess import region_grid
-from medplib.region_pixels import add_region_pixels, region_coverage
-from medplib.regions import Box, Point, rasterize
-from medplib.samples import QA, make_sample, make_turns_sample
+from medplib.checkpoints.build import build_model
+from medplib.checkpoints.project import from_pretrained, save_delta
+from medplib.imaging.preprocess import region_grid
+from medplib.imaging.regions import Box, Point, rasterize
+from medplib.inference.predictor import MedPLIBPredictor
+from medplib.model.config import tiny_config
+from medplib.model.conversation import IGNORE_INDEX, REGION_TOKEN_INDEX
+from medplib.model.lora import LoraSettings, add_lora
+from medplib.model.losses import compute_loss
+from medplib.model.region_pixels import add_region_pixels, region_coverage
+from medplib.training.samples import QA, make_sample, make_turns_sample
+from medplib.training.stages import STAGES, configure_stage
 
 from .conftest import synthetic_image
 
@@ -167,8 +169,8 @@ def test_packed_sample_supervises_every_answer_with_its_own_region():
 
 
 def test_to_examples_packs_each_slice_question_once():
-    from medplib_label.trainers.dataset import Conversation
-    from medplib_label.trainers.run import to_examples
+    from medplib.data.conversations import Conversation
+    from medplib.training.run import to_examples
 
     model, tok = _pixel_tiny()
     img = (synthetic_image() * 255).astype(np.uint8)
@@ -195,7 +197,7 @@ def test_to_examples_packs_each_slice_question_once():
 
 @pytest.mark.parametrize("field, value", [("pack_turns", 0), ("region_pixel_dim", -1)])
 def test_train_config_rejects_bad_values(field, value):
-    from medplib.trainer import TrainConfig
+    from medplib.training.trainer import TrainConfig
 
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})

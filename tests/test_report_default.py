@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medplib.boxes import PixelBox, box_iou
+from medplib.imaging.boxes import PixelBox, box_iou
 
 from .app_client import monailabel_client, parse_infer
 

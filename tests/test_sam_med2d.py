@@ -1,4 +1,4 @@
-"""Tests for the SAM-Med2D mask branch (medplib/sam_med2d.py, medplib/sam_med2d_encoder.py)."""
+"""Tests for the SAM-Med2D mask branch (medplib/model/sam_med2d.py, medplib/model/sam_med2d_encoder.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from medplib.sam_med2d import SamConfig, SamMed2D, build_sam_med2d, load_sam_med2d_state_dict
-from medplib.sam_med2d_encoder import window_partition, window_unpartition
+from medplib.model.sam_med2d import SamConfig, SamMed2D, build_sam_med2d, load_sam_med2d_state_dict
+from medplib.model.sam_med2d_encoder import window_partition, window_unpartition
 
 TINY = SamConfig.tiny()
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medplib.batch_decode import DecodeRequest, generate_batch
-from medplib.config import MedPLIBConfig
-from medplib.modeling import Emitted
-from medplib.predictor import MedPLIBPredictor
+from medplib.inference.batch_decode import DecodeRequest, generate_batch
+from medplib.inference.predictor import MedPLIBPredictor
+from medplib.model.config import MedPLIBConfig
+from medplib.model.modeling import Emitted
 
 
 def _teacher_forced_states(model, embeds: torch.Tensor, tokens: list[int]) -> torch.Tensor:

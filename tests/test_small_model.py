@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from medplib.loading import build_model
-from medplib.predictor import MedPLIBPredictor
+from medplib.checkpoints.build import build_model
+from medplib.inference.predictor import MedPLIBPredictor
 
 
 @pytest.fixture(scope="module")

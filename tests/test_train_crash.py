@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from medplib.loading import save_pretrained
-from medplib.trainer import Trainer, TrainConfig
+from medplib.checkpoints.project import save_pretrained
+from medplib.training.trainer import TrainConfig, Trainer
 
 from .app_client import APP_DIR
 from .server_harness import start_server
@@ -73,7 +73,7 @@ def test_exception_in_training_marks_failed_and_keeps_published(sample_datastore
                                                                 monkeypatch):
     from monailabel.datastore.local import LocalDatastore
 
-    from medplib_label.trainers.run import RunPaths, run_training
+    from medplib.training.run import RunPaths, run_training
 
     model, tok, *_ = fitted_tiny
     paths = RunPaths(tmp_path / "model", "boom", "tiny")

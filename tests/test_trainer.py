@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medplib.loading import build_model, from_pretrained, save_delta
-from medplib.lora import LoraSettings, add_lora, has_lora
-from medplib.predictor import MedPLIBPredictor
-from medplib.regions import Point
-from medplib.samples import make_sample
-from medplib.trainer import Example, TrainConfig, Trainer
+from medplib.checkpoints.build import build_model
+from medplib.checkpoints.project import from_pretrained, save_delta
+from medplib.imaging.regions import Point
+from medplib.inference.predictor import MedPLIBPredictor
+from medplib.model.lora import LoraSettings, add_lora, has_lora
+from medplib.training.samples import make_sample
+from medplib.training.trainer import Example, TrainConfig, Trainer
 
 from .app_client import monailabel_client, parse_infer
 from .conftest import structure_masks, synthetic_image
@@ -52,7 +53,7 @@ def test_loss_decreases_and_router_learns(tmp_path):
 
 
 def test_stage_plans_freeze_what_the_paper_freezes():
-    from medplib.lora import STAGES, configure_stage
+    from medplib.training.stages import STAGES, configure_stage
 
     model, _ = build_model("tiny", seed=0)
     add_lora(model, LoraSettings(r=2, alpha=4))
@@ -146,7 +147,7 @@ def test_train_through_the_server_then_infer_serves_the_new_checkpoint(sample_da
 
 def test_mask_phase_caches_seg_states_with_inference_routing(tmp_path, monkeypatch):
     """The cached <SEG> states must be those inference produces: the router decides, no stage forcing."""
-    import medplib.trainer as trainer_mod
+    import medplib.training.trainer as trainer_mod
 
     model, tok = build_model("tiny", seed=4)
     seen = []
@@ -243,8 +244,8 @@ def test_served_model_has_lora_folded_in_with_the_same_answers(tmp_path):
 
 
 def test_closed_stage_trains_the_vqa_expert_on_closed_questions_only():
-    from medplib.lora import STAGES, configure_stage
-    from medplib.trainer import STAGE_ORDER
+    from medplib.training.stages import STAGES, configure_stage
+    from medplib.training.trainer import STAGE_ORDER
 
     assert STAGE_ORDER["closed"] == ["closed"] and STAGES["closed"].kinds == ("vqa",)
     model, _ = build_model("tiny", seed=0)
@@ -259,9 +260,9 @@ def test_closed_stage_trains_the_vqa_expert_on_closed_questions_only():
 
 def test_routed_vqa_stage_lets_the_router_decide_and_trains_both_experts():
     """Served, the router sends part of a VQA prompt's tokens to the grounding expert; this stage trains that way."""
-    from medplib.lora import STAGES, configure_stage
-    from medplib.losses import compute_loss
-    from medplib.trainer import STAGE_ORDER
+    from medplib.model.losses import compute_loss
+    from medplib.training.stages import STAGES, configure_stage
+    from medplib.training.trainer import STAGE_ORDER
 
     assert STAGE_ORDER["vqa_routed"] == ["vqa_routed"] and STAGES["vqa_routed"].kinds == ("vqa", "region", "ground")
     model, tok = build_model("tiny", seed=0)
@@ -284,8 +285,8 @@ def test_routed_vqa_stage_lets_the_router_decide_and_trains_both_experts():
 
 def test_validation_routes_as_inference_does(fitted_tiny):
     """A stage that forces one expert must not validate (and so publish) under that forcing."""
-    from medplib.moe import moe_layers
-    from medplib.trainer import Example, validate
+    from medplib.model.moe import moe_layers
+    from medplib.training.trainer import Example, validate
 
     model, tok, img, masks, _ = fitted_tiny
     examples = [Example("ground", "Please segment the liver.", "Sure, it is <SEG>.", img, build=lambda: None,
@@ -310,7 +311,7 @@ def test_continuing_from_a_delta_keeps_the_tensors_this_run_does_not_train(sampl
     holding only this run's tensors would load them back at the preset's random init."""
     from monailabel.datastore.local import LocalDatastore
 
-    from medplib_label.trainers.run import RunPaths, run_training
+    from medplib.training.run import RunPaths, run_training
 
     model, tok = build_model("tiny", seed=0)
     add_lora(model, LoraSettings(r=2, alpha=4))
@@ -337,7 +338,7 @@ def test_packed_routed_run_replays_grounding_and_masks_train_on_single_turns(sam
                                                                              monkeypatch):
     from monailabel.datastore.local import LocalDatastore
 
-    from medplib_label.trainers.run import RunPaths, run_training
+    from medplib.training.run import RunPaths, run_training
 
     seen = {}
     original_epoch, original_mask = Trainer._epoch, Trainer._mask_phase

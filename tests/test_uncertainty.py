@@ -19,14 +19,22 @@ import numpy as np
 import pytest
 from monailabel.datastore.local import LocalDatastore
 
-from medplib.predictor import MedPLIBPredictor
+from medplib.data.conversations import load_slice
+from medplib.data.volumes import auto_window, read_volume
+from medplib.inference.predictor import MedPLIBPredictor
 from medplib_label.engine import EngineSettings, MedPLIBEngine
-from medplib_label.infers.medplib_infer import auto_window
-from medplib_label.trainers.dataset import load_slice
-from medplib_label.trainers.uncertainty import (KEY, KEY_MODEL, KEY_PARAMS, KEY_STRUCTURES, MedPLIBUncertaintyScoring,
-                                                UncertaintyStrategy, answer_uncertainty, image_uncertainty,
-                                                mask_entropy, slice_indices)
-from medplib_label.volume_io import read_volume
+from medplib_label.trainers.uncertainty import (
+    KEY,
+    KEY_MODEL,
+    KEY_PARAMS,
+    KEY_STRUCTURES,
+    MedPLIBUncertaintyScoring,
+    UncertaintyStrategy,
+    answer_uncertainty,
+    image_uncertainty,
+    mask_entropy,
+    slice_indices,
+)
 
 from .app_client import monailabel_client
 
@@ -97,7 +105,7 @@ class KnownLogitsPredictor(MedPLIBPredictor):
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny, tmp_path_factory):
-    from medplib.loading import save_pretrained
+    from medplib.checkpoints.project import save_pretrained
 
     model, tok = tiny
     return save_pretrained(model, tok, tmp_path_factory.mktemp("unc") / "tiny-ckpt")

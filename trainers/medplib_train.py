@@ -12,10 +12,9 @@ from typing import Any
 
 from monailabel.interfaces.tasks.train import TrainTask
 
-from medplib.lora import LoraSettings
-from medplib.trainer import STAGE_ORDER, TrainConfig
-
-from .run import RunPaths, run_training
+from medplib.model.lora import LoraSettings
+from medplib.training.run import RunPaths, run_training
+from medplib.training.trainer import STAGE_ORDER, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class MedPLIBTrainTask(TrainTask):
                 "resume": _bool(req["resume"])}
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={max(nproc, 1)}",
                "--master_addr=127.0.0.1", f"--master_port={os.environ.get('MASTER_PORT', '29511')}",
-               "-m", "medplib_label.trainers.ddp", json.dumps(spec)]
+               "-m", "medplib.training.ddp", json.dumps(spec)]
         logger.info("launching %s", " ".join(cmd[:6]))
         subprocess.run(cmd, check=True)
         return self.stats()

@@ -37,15 +37,12 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from medplib.conversation import grounding_question
-from medplib.predictor import MedPLIBPredictor
-from medplib.preprocess import Window
-
+from medplib.data.conversations import load_slice
+from medplib.data.volumes import Volume, auto_window, read_volume
+from medplib.imaging.preprocess import Window
+from medplib.inference.predictor import MedPLIBPredictor
+from medplib.model.conversation import grounding_question
 from medplib_label.engine import MedPLIBEngine
-from medplib_label.infers.medplib_infer import auto_window
-from medplib_label.volume_io import Volume, read_volume
-
-from .dataset import load_slice
 
 logger = logging.getLogger(__name__)
 

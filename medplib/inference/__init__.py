@@ -1,0 +1,1 @@
+"""Answering and segmenting: the cached predictor, batched decoding and grounding, promptable SAM, propagation."""
