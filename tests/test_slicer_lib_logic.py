@@ -171,11 +171,13 @@ def test_collect_prompts_from_markups_positions():
                                   roi=([0, 0, 0], [2.0, 2.0, 0.0], None), scribble=[[0, 0, 0], [1, 1, 0]],
                                   lasso=[[0, 0, 0], [1, 0, 0], [1, 1, 0]])
     kinds = [type(p).__name__ for p in got]
-    assert kinds == ["PointPrompt", "PointPrompt", "PointPrompt", "BoxPrompt", "ScribblePrompt", "ScribblePrompt"]
+    # The lasso is a LassoPrompt (sent as the region it encloses), not a closed scribble (sent as its outline).
+    assert kinds == ["PointPrompt", "PointPrompt", "PointPrompt", "BoxPrompt", "ScribblePrompt", "LassoPrompt"]
     assert [p.positive for p in got[:3]] == [True, False, False]
     assert got[3].corner_a == [-1.0, -1.0, 0.0] and got[3].corner_b == [1.0, 1.0, 0.0]
-    assert got[5].ras_points[-1] == got[5].ras_points[0] and len(got[5].ras_points) == 4  # the lasso closes
+    assert len(got[5].ras_points) == 3  # not closed by repeating the first point: the fill closes it
     assert len(got[4].ras_points) == 2  # the scribble stays open
+    assert prompts.stroke_prompt([[0, 0, 0], [1, 1, 0]], closed=True) is None  # 2 points enclose nothing
     # An undrawn ROI (a new ROI node is 0 x 0 x 0), a 1-point stroke and no points: nothing.
     assert prompts.collect_prompts(roi=([5, 5, 5], [0.0, 0.0, 0.0], None), scribble=[[1, 1, 1]], lasso=[]) == []
     assert prompts.roi_is_defined([3.0, 2.0, 0.0]) and not prompts.roi_is_defined([3.0, 0.0, 0.0])

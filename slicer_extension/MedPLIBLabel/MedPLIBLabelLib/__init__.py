@@ -18,10 +18,16 @@ Slicer. Public API (names kept stable for ``MedPLIBLabel.py`` and the ``MedPLIBL
 * ui_state: DEFAULT_URL, CLIENT_TIMEOUT_S, SLICE_TIMEOUT_S, VOLUME_TIMEOUT_S, safe_image_id, new_image_id,
             is_safe_id, training_status_text, training_running, user_message, button_states, image_id_text,
             url_choices, url_history_after_connect, sort_model_names, pick_trainer, shown_question, reload_order
-* tasks:    fetch_sample, upload_file, submit_label, remove_file (worker-thread functions)
-* jobs:     BackgroundJob, JobRunner, JobCancelled, Busy
+* tasks:    fetch_sample, upload_file, submit_label, remove_file, upload_volume_array, submit_label_array,
+            infer_with_region, discard_result, make_temp_dir, remove_temp_dir (worker-thread functions)
+* jobs:     BackgroundJob, JobRunner, JobCancelled, Busy, POLL_MS, POLL_YIELD_S
 * history:  ChatTurn, ChatHistory, UndoEntry, UndoStack
-* refer:    RoiSpec, rois_from_boxes, roi_corners, history_params, MAX_HISTORY_TURNS
+* refer:    RoiSpec, rois_from_boxes, roi_corners, history_params, MAX_HISTORY_TURNS, BOX_ATTR, stale_box_nodes
+* volume_io: write_nrrd, region_volume, check_label_geometry, LabelGeometryError
+* regions:  LassoPrompt (protocol), RegionMask, lasso_region, polygon_mask, internal_offset, write_plane_inplace,
+            restore_plane_inplace
+* interaction: SHORTCUTS, shortcut_help, SETTINGS_DEFAULTS, settings_value, run_on_placement, TARGET_MODES,
+            SegmentTarget, segment_targets, available_modes, next_segment_index
 
 Typical flow in the Slicer module (MRML reads/writes on the main thread, HTTP in the job)::
 
@@ -41,25 +47,34 @@ __version__ = "0.1.0"
 
 from .errors import (BadRequest, BadURL, ClientError, ConnectionRefused, NotFound, ServerError,  # noqa: F401
                      Timeout, Unauthorized, VersionMismatch)
-from .results import InferResult, ModelInfo, ServerInfo  # noqa: F401
+from .results import InferResult, ModelInfo, ServerInfo, clean_label_names  # noqa: F401
 from .client import MedPLIBClient, normalize_url  # noqa: F401
 from .geometry import (ObliqueSliceError, SliceOutsideVolumeError, ijk_to_ras, point_on_view,  # noqa: F401
                        points_to_ijk, ras_to_ijk, roi_corners_world, roi_to_ijk, scribble_to_ijk,
                        slice_axis_from_normal, slice_index, slice_spacing, standard_slice_to_ras, world_matrix)
-from .protocol import (BoxPrompt, PointPrompt, PromptError, ScribblePrompt, build_infer_params,  # noqa: F401
+from .protocol import (BoxPrompt, LassoPrompt, PointPrompt, PromptError, ScribblePrompt,  # noqa: F401
+                       build_infer_params,
                        ijk_dims, label_outside_slice, masks_from_label, numpy_axis, read_slice, slice_replacement,
                        write_slice)
-from .jobs import BackgroundJob, Busy, JobCancelled, JobRunner  # noqa: F401
+from .jobs import POLL_MS, POLL_YIELD_S, BackgroundJob, Busy, JobCancelled, JobRunner  # noqa: F401
 from .history import ChatHistory, ChatTurn, UndoEntry, UndoStack  # noqa: F401
-from .refer import MAX_HISTORY_TURNS, RoiSpec, history_params, roi_corners, rois_from_boxes  # noqa: F401
+from .refer import (BOX_ATTR, MAX_HISTORY_TURNS, RoiSpec, history_params, roi_corners,  # noqa: F401
+                    rois_from_boxes, stale_box_nodes)
+from .volume_io import LabelGeometryError, check_label_geometry, region_volume, write_nrrd  # noqa: F401
+from .regions import (RegionMask, internal_offset, lasso_region, polygon_mask,  # noqa: F401
+                      restore_plane_inplace, write_plane_inplace)
+from .interaction import (SETTINGS_DEFAULTS, SHORTCUTS, TARGET_MODES, SegmentTarget,  # noqa: F401
+                          available_modes, next_segment_index, run_on_placement, segment_targets, settings_value,
+                          shortcut_help)
 from .prompts import (VIEW_NAMES, choose_view, collect_prompts, prompt_counts, prompt_points,  # noqa: F401
                       prompt_summary, roi_is_defined, stroke_prompt, view_order)
-from .labels import SEGMENT_COLORS, label_values, segment_color, segments_to_label  # noqa: F401
+from .labels import SEGMENT_COLORS, label_values, pick_segment_color, segment_color, segments_to_label  # noqa: F401
 from .ui_state import (CLIENT_TIMEOUT_S, DEFAULT_URL, SLICE_TIMEOUT_S, VOLUME_TIMEOUT_S,  # noqa: F401
                        button_states, image_id_text, is_safe_id, new_image_id, pick_trainer,
                        reload_order, safe_image_id, shown_question, sort_model_names, training_running,
                        training_status_text, url_choices, url_history_after_connect, user_message)
-from .tasks import fetch_sample, remove_file, submit_label, upload_file  # noqa: F401
+from .tasks import (discard_result, fetch_sample, infer_with_region, make_temp_dir, remove_file,  # noqa: F401
+                    remove_temp_dir, submit_label, submit_label_array, upload_file, upload_volume_array)
 
 __all__ = [name for name, value in list(globals().items())
            if not name.startswith("_") and not isinstance(value, type(errors))]

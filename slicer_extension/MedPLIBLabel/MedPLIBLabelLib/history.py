@@ -105,6 +105,7 @@ class UndoEntry:
     previous: np.ndarray
     group: Optional[Hashable] = None
     created: bool = False  # the segment did not exist before (undo removes it)
+    offset: Optional[tuple] = None  # set: ``previous`` is a raw plane of the internal labelmap at this offset
 
     @property
     def nbytes(self) -> int:
@@ -125,12 +126,13 @@ class UndoStack:
         self._bytes = 0
 
     def push(self, segment_id: str, axis: Optional[int], index: Optional[int], previous: np.ndarray,
-             group: Optional[Hashable] = None, created: bool = False) -> UndoEntry:
+             group: Optional[Hashable] = None, created: bool = False, offset: Optional[tuple] = None) -> UndoEntry:
         prev = np.array(previous, copy=True)
         if prev.dtype != bool and prev.size and np.all((prev == 0) | (prev == 1)):
             prev = prev.astype(bool)  # binary segment planes: 1 byte per voxel is plenty
         entry = UndoEntry(str(segment_id), None if axis is None else int(axis),
-                          None if index is None else int(index), prev, group, created)
+                          None if index is None else int(index), prev, group, created,
+                          None if offset is None else tuple(int(v) for v in offset))
         self._entries.append(entry)
         self._bytes += entry.nbytes
         self._trim()

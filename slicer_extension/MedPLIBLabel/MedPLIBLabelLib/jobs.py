@@ -1,9 +1,13 @@
 """Background jobs for slow server calls, without Qt.
 
 The worker thread only runs the given function (HTTP, file I/O, numpy); it must never touch Qt, VTK or MRML.
-The Slicer widget polls :meth:`JobRunner.poll` from a ``qt.QTimer`` (50-100 ms) on the main thread, which runs
-the callbacks there. Cancelling is cooperative: an HTTP call cannot be interrupted, so a cancelled job's thread
-finishes in the background and its result is discarded.
+The Slicer widget polls :meth:`JobRunner.poll` from a ``qt.QTimer`` on the main thread, which runs the callbacks
+there. Cancelling is cooperative: an HTTP call cannot be interrupted, so a cancelled job's thread finishes in the
+background and its result is discarded (``on_discard`` then runs in the worker, e.g. to delete a result file).
+
+Why :meth:`JobRunner.poll` waits ``POLL_YIELD_S`` on the job: Slicer's PythonQt keeps the GIL while Qt's event loop
+idles, so a worker thread only runs while the main thread executes Python. Without a short blocking wait (which
+releases the GIL) a 20 MB transfer crawls at the pace of the timer ticks.
 
 Example (in the widget)::
 
@@ -18,9 +22,11 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-__all__ = ["BackgroundJob", "JobRunner", "JobCancelled", "Busy", "PROGRESS_DELAY_S"]
+__all__ = ["BackgroundJob", "JobRunner", "JobCancelled", "Busy", "PROGRESS_DELAY_S", "POLL_YIELD_S", "POLL_MS"]
 
 PROGRESS_DELAY_S = 2.0  # show a progress dialog only for jobs slower than this (as SlicerNNInteractive)
+POLL_MS = 50  # the widget's QTimer interval while a job runs
+POLL_YIELD_S = 0.02  # each poll releases the GIL this long (the worker's share: ~40 % of the wall time)
 
 
 class JobCancelled(Exception):
@@ -42,8 +48,11 @@ class BackgroundJob:
     """
 
     def __init__(self, fn: Callable[..., Any], *args: Any, progress_delay: float = PROGRESS_DELAY_S,
-                 name: str = "", **kwargs: Any):
+                 name: str = "", on_discard: Optional[Callable[[Any], None]] = None, **kwargs: Any):
         self.fn = fn
+        self.on_discard = on_discard  # gets the result of a cancelled job (to remove its files)
+        self._lock = threading.Lock()
+        self._taken = False
         self.name = name or getattr(fn, "__name__", "job")
         self.progress_delay = float(progress_delay)
         self._args, self._kwargs = args, kwargs
@@ -57,17 +66,27 @@ class BackgroundJob:
         self._thread.start()
 
     def _run(self) -> None:
+        result, error = None, None
         try:
             result = self.fn(*self._args, **self._kwargs)
-            if not self._cancelled.is_set():
-                self._result = result
         except BaseException as exc:  # reported to the main thread, never raised in the worker
-            if not self._cancelled.is_set():
-                self._error = exc
-        finally:
+            error = exc
+        with self._lock:  # against cancel(): a result is either delivered or discarded, never both or neither
+            discard = self._cancelled.is_set()
+            if not discard:
+                self._result, self._error = result, error
             self._t1 = time.monotonic()
             self._args = self._kwargs = ()  # type: ignore[assignment]
             self._finished.set()
+        if discard and error is None:
+            self._discard(result)
+
+    def _discard(self, result: Any) -> None:
+        if self.on_discard is not None and result is not None:
+            try:
+                self.on_discard(result)
+            except Exception:  # clean-up of a dropped result must never raise anywhere
+                pass
 
     # ------------------------------------------------------------------ state
     @property
@@ -104,8 +123,14 @@ class BackgroundJob:
 
     # ------------------------------------------------------------------ control
     def cancel(self) -> None:
-        """Discard the result; the thread finishes on its own."""
-        self._cancelled.set()
+        """Discard the result; the thread finishes on its own (then ``on_discard`` gets its result)."""
+        with self._lock:
+            already = self._cancelled.is_set()
+            self._cancelled.set()
+            late = self._finished.is_set() and not self._taken and not already
+            result, self._result = self._result, None
+        if late:  # finished but never delivered: discard it here
+            self._discard(result)
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until done (or ``timeout`` seconds); True when done. Do not call from Slicer's main thread
@@ -123,6 +148,7 @@ class BackgroundJob:
             raise JobCancelled(f"job {self.name} was cancelled")
         if self._error is not None:
             raise self._error
+        self._taken = True
         return self._result
 
     def __repr__(self) -> str:
@@ -150,11 +176,12 @@ class JobRunner:
 
     def submit(self, fn: Callable[..., Any], *args: Any, on_done: Optional[Callable[[Any], None]] = None,
                on_error: Optional[Callable[[BaseException], None]] = None, name: str = "",
-               **kwargs: Any) -> BackgroundJob:
+               on_discard: Optional[Callable[[Any], None]] = None, **kwargs: Any) -> BackgroundJob:
         if self.busy:
             raise Busy(f"job {self.job.name} is still running")  # type: ignore[union-attr]
         self._on_done, self._on_error = on_done, on_error
-        self.job = BackgroundJob(fn, *args, progress_delay=self.progress_delay, name=name, **kwargs)
+        self.job = BackgroundJob(fn, *args, progress_delay=self.progress_delay, name=name, on_discard=on_discard,
+                                 **kwargs)
         return self.job
 
     def cancel(self) -> bool:
@@ -166,10 +193,14 @@ class JobRunner:
         self.job, self._on_done, self._on_error = None, None, None
         return True
 
-    def poll(self) -> str:
+    def poll(self, yield_s: float = POLL_YIELD_S) -> str:
+        """Deliver a finished job's result. While it runs, block up to ``yield_s`` seconds on it first: the wait
+        releases the GIL, the only time the worker runs inside Slicer (see the module docstring)."""
         job = self.job
         if job is None:
             return "idle"
+        if not job.done and yield_s > 0:
+            job.wait(yield_s)
         if not job.done:
             return "running"
         on_done, on_error = self._on_done, self._on_error
@@ -180,6 +211,7 @@ class JobRunner:
             if on_error is not None:
                 on_error(job.error)
             return "error"
+        job._taken = True
         if on_done is not None:
             on_done(job._result)
         return "done"

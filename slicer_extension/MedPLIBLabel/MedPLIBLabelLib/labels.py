@@ -8,7 +8,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["SEGMENT_COLORS", "segment_color", "label_values", "segments_to_label"]
+__all__ = ["SEGMENT_COLORS", "segment_color", "pick_segment_color", "label_values", "segments_to_label"]
 
 SEGMENT_COLORS = [(0.90, 0.49, 0.13), (0.16, 0.67, 0.35), (0.20, 0.47, 0.85), (0.85, 0.20, 0.35),
                   (0.62, 0.36, 0.80), (0.95, 0.80, 0.20), (0.15, 0.75, 0.80), (0.55, 0.55, 0.55)]
@@ -18,6 +18,28 @@ def segment_color(value: Optional[int]) -> tuple[float, float, float]:
     """The colour of a new segment for the answer's label ``value`` (1 -> the first colour; cycles)."""
     v = 1 if value is None else int(value)
     return SEGMENT_COLORS[(v - 1) % len(SEGMENT_COLORS)]
+
+
+def _close(a: Sequence[float], b: Sequence[float], tol: float = 0.02) -> bool:
+    return all(abs(float(x) - float(y)) <= tol for x, y in zip(a, b))
+
+
+def pick_segment_color(name: str, server_labels: Optional[Mapping[str, int]] = None,
+                       used: Iterable[Sequence[float]] = ()) -> tuple[float, float, float]:
+    """The colour of a new segment ``name``: the colour of its stable value among the server's ``/info`` labels
+    (the same structure always gets the same colour), else the first palette colour no existing segment uses
+    (``used``: their RGB colours), else the palette cycled by the number of segments. Never the per-answer value,
+    which is 1 for every single-mask answer."""
+    used = [tuple(c) for c in used]
+    value = dict(server_labels or {}).get(str(name))
+    if value is not None and int(value) > 0:
+        color = segment_color(int(value))
+        if not any(_close(color, u) for u in used):
+            return color
+    for color in SEGMENT_COLORS:
+        if not any(_close(color, u) for u in used):
+            return color
+    return SEGMENT_COLORS[len(used) % len(SEGMENT_COLORS)]
 
 
 def label_values(segment_names: Iterable[str], server_labels: Optional[Mapping[str, int]] = None) -> dict[str, int]:

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Mapping, Optional, Sequence
 
 from .geometry import ObliqueSliceError, point_on_view, slice_spacing
-from .protocol import BoxPrompt, PointPrompt, PromptError, ScribblePrompt
+from .protocol import BoxPrompt, LassoPrompt, PointPrompt, PromptError, ScribblePrompt
 
 __all__ = ["VIEW_NAMES", "prompt_points", "view_order", "choose_view", "roi_is_defined", "stroke_prompt",
            "collect_prompts", "prompt_counts", "prompt_summary"]
@@ -26,7 +26,7 @@ def prompt_points(prompts) -> list[list[float]]:
             points.append([float(v) for v in p.ras])
         elif isinstance(p, BoxPrompt):
             points.append([(float(a) + float(b)) / 2.0 for a, b in zip(p.corner_a, p.corner_b)])
-        elif isinstance(p, ScribblePrompt):
+        elif isinstance(p, (ScribblePrompt, LassoPrompt)):
             points += [[float(v) for v in q] for q in p.ras_points]
     return points
 
@@ -69,15 +69,13 @@ def roi_is_defined(size: Sequence[float]) -> bool:
     return sum(1 for s in size if float(s) > 1e-6) >= 2
 
 
-def stroke_prompt(points: Sequence[Sequence[float]], closed: bool = False) -> Optional[ScribblePrompt]:
-    """A scribble (open curve) or a lasso (``closed``: back to the start) from its control points; None for fewer
-    than 2 points."""
+def stroke_prompt(points: Sequence[Sequence[float]], closed: bool = False):
+    """A scribble (open curve, at least 2 points) or a lasso (``closed``: a :class:`LassoPrompt`, at least 3
+    points, sent as the region it encloses) from its control points; None for too few points."""
     points = [list(p) for p in points or []]
-    if len(points) < 2:
+    if len(points) < (3 if closed else 2):
         return None
-    if closed:
-        points = points + [list(points[0])]
-    return ScribblePrompt(ras_points=points)
+    return LassoPrompt(ras_points=points) if closed else ScribblePrompt(ras_points=points)
 
 
 def collect_prompts(positive=(), negative=(), roi=None, scribble=(), lasso=(), ijk_to_ras=None,
@@ -104,11 +102,11 @@ def collect_prompts(positive=(), negative=(), roi=None, scribble=(), lasso=(), i
 
 def prompt_counts(n_positive: int = 0, n_negative: int = 0, box: bool = False, n_scribble: int = 0,
                   n_lasso: int = 0) -> "OrderedDict[str, int]":
-    """``{label: count}`` for the summary line, from the numbers of defined control points (a stroke counts once it
-    has 2 points)."""
+    """``{label: count}`` for the summary line, from the numbers of defined control points (a scribble counts once
+    it has 2 points, a lasso once it has 3)."""
     return OrderedDict([("positive point(s)", int(n_positive)), ("negative point(s)", int(n_negative)),
                         ("box", 1 if box else 0), ("scribble", 1 if n_scribble >= 2 else 0),
-                        ("lasso", 1 if n_lasso >= 2 else 0)])
+                        ("lasso", 1 if n_lasso >= 3 else 0)])
 
 
 def prompt_summary(counts: Mapping[str, int], view: Optional[str] = None) -> str:

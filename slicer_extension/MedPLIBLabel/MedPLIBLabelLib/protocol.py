@@ -21,7 +21,8 @@ from .geometry import ijk_to_ras as _ijk_to_ras
 from .geometry import (point_on_view, points_to_ijk, ras_to_ijk, roi_corners_world, roi_to_ijk, scribble_to_ijk,
                        slice_axis_from_normal, slice_index, slice_spacing)
 
-__all__ = ["PointPrompt", "BoxPrompt", "ScribblePrompt", "Prompt", "PromptError", "build_infer_params",
+__all__ = ["PointPrompt", "BoxPrompt", "ScribblePrompt", "LassoPrompt", "Prompt", "PromptError",
+           "build_infer_params",
            "numpy_axis", "slice_replacement", "read_slice", "write_slice", "masks_from_label",
            "label_outside_slice", "ijk_dims"]
 
@@ -78,7 +79,15 @@ class ScribblePrompt:
     ras_points: Sequence[Sequence[float]] = field(default_factory=list)
 
 
-Prompt = Union[PointPrompt, BoxPrompt, ScribblePrompt]
+@dataclass
+class LassoPrompt:
+    """A closed curve drawn on the view (world points, not repeating the first): the region it encloses is the
+    prompt (see :func:`~.regions.lasso_region`), sent as an uploaded region mask, not as a stroke."""
+
+    ras_points: Sequence[Sequence[float]] = field(default_factory=list)
+
+
+Prompt = Union[PointPrompt, BoxPrompt, ScribblePrompt, LassoPrompt]
 
 
 def numpy_axis(ijk_axis: int) -> int:
@@ -150,6 +159,9 @@ def build_infer_params(question: Optional[str], prompts: Sequence[Prompt], ijk_t
         raise PromptError("Only one box can be sent per question; remove the extra boxes.")
     if len(scribbles) > 1:
         raise PromptError("Only one scribble stroke can be sent per question; erase the extra strokes.")
+    if len([p for p in prompts if isinstance(p, LassoPrompt)]) > 1:
+        raise PromptError("Only one lasso can be sent per question; erase the extra lassos.")
+    # A lasso is not a param: the widget uploads its filled region (regions.lasso_region) with the request.
 
     for n, p in enumerate(q for q in prompts if isinstance(q, PointPrompt)):
         if not point_on_view(p.ras, slice_to_ras, spacing):
@@ -223,6 +235,8 @@ def masks_from_label(label_array_kji: np.ndarray, label_names: Mapping[str, int]
     volumes for the volume scope."""
     out = {}
     for name, value in label_names.items():
+        if int(value) <= 0:
+            continue  # 0 is every unlabelled voxel (a "background" entry), never a structure
         if scope == "slice":
             out[name] = slice_replacement(label_array_kji, axis, index, value)
         else:

@@ -15,12 +15,21 @@ from .geometry import world_matrix
 from .history import ChatHistory
 
 MAX_HISTORY_TURNS = 6  # what the server uses; older turns are not sent
+BOX_ATTR = "MedPLIB.Box"  # ROI nodes made from an answer's boxes carry it, valued with their volume's node id
+
+
+def stale_box_nodes(nodes: Iterable[tuple[Any, Optional[str]]], volume_id: str) -> list:
+    """The ROI nodes to remove before showing a new answer's boxes: every box node of this volume (``nodes``:
+    ``(node, BOX_ATTR value)`` pairs; "1" is what older versions wrote), so numbered ROIs of an earlier answer
+    ("white matter (2)") do not stay behind."""
+    return [node for node, owner in nodes if owner in (str(volume_id), "1")]
 
 
 @dataclass(frozen=True)
 class RoiSpec:
     """An ROI for one box: ``name`` (the phrase, numbered when a structure has several boxes), world ``center``,
-    ``size`` in mm along ``axes`` (3x3, columns = unit directions in world), and the IJK box it came from."""
+    ``size`` in mm along ``axes`` (3x3, columns = unit directions in world, always right-handed), and the IJK box
+    it came from."""
 
     name: str
     label: str
@@ -47,6 +56,11 @@ def rois_from_boxes(boxes: Iterable[Mapping[str, Any]], ijk_to_ras_matrix, paren
     if np.any(lengths == 0):
         raise ValueError("the volume's IJK to RAS matrix is singular")
     axes = lin / lengths
+    if np.linalg.det(axes) < 0:
+        # An LPS-style or flipped volume has a left-handed IJK frame; an ROI's frame must be right-handed (else
+        # Slicer draws it mirrored). The box is symmetric about its centre, so reversing one axis changes nothing.
+        axes = axes.copy()
+        axes[:, 2] = -axes[:, 2]
     seen: dict[str, int] = {}
     out = []
     for b in boxes:

@@ -6,7 +6,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-__all__ = ["ModelInfo", "ServerInfo", "InferResult"]
+__all__ = ["ModelInfo", "ServerInfo", "InferResult", "BACKGROUND_NAMES", "clean_label_names"]
+
+BACKGROUND_NAMES = {"background", "bg", "_background_", "背景"}
+
+
+def clean_label_names(label_names: Optional[Mapping[str, Any]]) -> dict[str, int]:
+    """``{name: value}`` without the background: value 0 (every unlabelled voxel) or a background name would
+    otherwise become a segment covering the whole slice."""
+    out: dict[str, int] = {}
+    for name, value in dict(label_names or {}).items():
+        try:
+            v = int(value)
+        except (TypeError, ValueError):
+            continue
+        if v <= 0 or str(name).strip().lower() in BACKGROUND_NAMES:
+            continue
+        out[str(name)] = v
+    return out
 
 
 @dataclass
@@ -49,6 +66,7 @@ class ServerInfo:
         labels = info.get("labels") or {}
         if isinstance(labels, (list, tuple)):
             labels = {str(n): i + 1 for i, n in enumerate(labels)}
+        labels = clean_label_names(labels)  # no "background" structure to ask for, colour or submit
         return cls(url=url, name=str(info.get("name", "")), version=str(info.get("version", "")),
                    description=str(info.get("description", "")), labels=dict(labels),
                    models={k: ModelInfo.from_info(k, v or {}) for k, v in (info.get("models") or {}).items()},
@@ -101,7 +119,7 @@ class InferResult:
         timings = dict(lat) if isinstance(lat, Mapping) else {}
         total = timings.get("total") if timings else (lat if isinstance(lat, (int, float)) else None)
         return cls(params=p, answer=str(p.get("answer") or ""), label_path=label_path,
-                   label_names={str(k): int(v) for k, v in (p.get("label_names") or {}).items()},
+                   label_names=clean_label_names(p.get("label_names")),
                    seg_count=int(p.get("seg_count") or 0), slice=p.get("slice"), axis=p.get("axis"),
                    latency_ms=None if total is None else float(total), task=str(p.get("task") or ""),
                    question=p.get("question"), view=str(p.get("view") or ""), scope=str(p.get("scope") or "slice"),

@@ -138,7 +138,7 @@ def shown_question(question: str, segment_name: str = "", scope: str = "slice", 
 
 # Modules of MedPLIBLabelLib, dependencies first (tests/test_slicer_module_static.py checks every file is listed).
 LIB_MODULE_ORDER = ("errors", "codec", "geometry", "protocol", "results", "labels", "prompts", "ui_state", "jobs",
-                    "history", "refer", "client", "tasks")
+                    "history", "refer", "volume_io", "regions", "interaction", "client", "tasks")
 
 
 def reload_order(loaded: Iterable[str], lib: str = "MedPLIBLabelLib", slicer_pkg: str = "MedPLIBLabelSlicer",
