@@ -239,3 +239,16 @@ def test_background_transfers_move_while_the_qt_loop_holds_the_gil(client, tmp_p
     assert new * 3 < old, f"download: {new:.3f} s with the yielding poll, {old:.3f} s without ({timings})"
     new, old = timings["upload"]  # the server's own work (reading, checking, storing the image) is in both
     assert new * 1.5 < old, f"upload: {new:.3f} s with the yielding poll, {old:.3f} s without ({timings})"
+
+
+# ---------------------------------------------------------------------------------------------------- items 2, 5
+def test_segments_of_the_servers_structures_get_stable_distinct_colours(client):
+    info = client.test_connection()
+    assert info.labels and all(v > 0 and n.lower() != "background" for n, v in info.labels.items())
+    used = []
+    for name in sorted(info.labels, key=info.labels.get):
+        color = lib.pick_segment_color(name, info.labels, used)
+        assert color not in used, (name, color)
+        used.append(color)
+    first = min(info.labels, key=info.labels.get)
+    assert lib.pick_segment_color(first, info.labels, []) == lib.segment_color(info.labels[first])
