@@ -18,6 +18,7 @@ from medplib.model.bilingual import GROUND_ANSWER_ZH, is_chinese, to_zh
 from medplib.model.conversation import GROUND_ANSWER, grounding_question
 from medplib_label.engine import MedPLIBEngine
 
+from .promptable import has_region_prompts, segment as promptable_segment
 from .prompts import PlanePrompts, build_prompts, choose_slice, resolve_task
 from .refer import box_text, history_turns, question_boxes, slice_boxes, volume_boxes
 from .report import slice_report, volume_report
@@ -88,6 +89,12 @@ class MedPLIBInfer(InferTask):
             window = self.engine.cached_window(request["image"], lambda: auto_window(vol, image_info.get("modality")))
         threshold = p.threshold if p.threshold is not None else self.engine.settings.threshold
         t_read = time.perf_counter()
+        if promptable_route(p, scribble_mask):
+            # Region prompts with only a segment name (what the stock Slicer module sends), or a volume from
+            # prompts on one slice: LiteMedSAM's promptable mask (the name never changes it).
+            name = segment or self._name_in(p.question or "") or self._default_name()
+            return promptable_segment(self.engine, request, p, vol, window, name, scribble_mask,
+                                      p.scope == "volume", t_start, t_read)
         if p.task == "report":
             if p.foreground or p.background or p.roi or p.scribble or scribble_mask is not None:
                 raise bad_request("task", "a report grounds the labels by name; send no region prompts with it")
@@ -165,7 +172,8 @@ class MedPLIBInfer(InferTask):
 
     def _volume(self, request, p: InferParams, vol: Volume, window: Window, segment, threshold, t_start, t_read):
         if p.foreground or p.background or p.roi or p.scribble:
-            raise bad_request("scope", "volume scope grounds text only; region prompts need scope 'slice'")
+            raise bad_request("scope", "volume scope with region prompts propagates them (task auto or ground); "
+                                       "region VQA needs scope 'slice'")
         if p.question or segment:
             question = p.question or grounding_question(segment)
             targets = [(segment or self._name_in(question) or self._default_name(), question)]
@@ -225,6 +233,15 @@ class MedPLIBInfer(InferTask):
             ordered = ordered or [self._default_name()]
         values = [min(i, len(ordered) - 1) + 1 for i in range(n)]
         return {ordered[v - 1]: v for v in sorted(set(values))}, values
+
+
+def promptable_route(p: InferParams, scribble_mask) -> bool:
+    """Whether a `medplib` request is answered by promptable segmentation (docs/params.md, routing rules)."""
+    if p.refine or p.task == "report" or not has_region_prompts(p, scribble_mask):
+        return False
+    if p.scope == "volume":
+        return p.task in ("auto", "ground")
+    return p.task == "auto" and not p.question
 
 
 def _ask_kwargs(task: str, prompts: PlanePrompts) -> dict[str, Any]:

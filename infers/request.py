@@ -75,6 +75,9 @@ class InferParams(BaseModel):
     box_format: Literal["medrega", "bird"] = "medrega"  # convention of `box_text` (both are always in `boxes`)
     min_box_area: int = Field(default=10, ge=1, le=10_000_000)  # voxels; smaller components get no box
     labels: list[str] | None = Field(default=None, max_length=64)  # structures a report grounds (default: app's)
+    # Promptable segmentation (LiteMedSAM): mask threshold on its probability, and how far 3D propagation may go.
+    sam_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    max_slices: int | None = Field(default=None, ge=0, le=100_000)  # per direction, from the prompted slice
 
     @field_validator("question", "label", "label_name")
     @classmethod

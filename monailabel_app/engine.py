@@ -27,6 +27,7 @@ from medplib.inference.predictor import Answer, MedPLIBPredictor
 from medplib.model.lora import merge_lora
 
 from .batcher import ModelBatcher
+from .promptable_engine import PromptableEngine
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class MedPLIBEngine:
         self.features = FeatureCache(settings.feature_cache_mb * 2 ** 20)
         self.load_seconds: float | None = None
         self._batcher = None
+        # LiteMedSAM (promptable segmentation): its own lazy model, embeddings in the same slice LRU.
+        self.sam = PromptableEngine(settings.model_dir, self.device, self.features, self.lock)
 
     # ------------------------------------------------------------------ model
     def published_dir(self) -> Path | None:
@@ -185,7 +188,8 @@ class MedPLIBEngine:
     def serving_stats(self) -> dict:
         """The slice cache's and the batcher's counters (the batcher is None until the first batched question)."""
         return {"feature_cache": self.features.stats(),
-                "batcher": self._batcher.stats() if self._batcher is not None else None}
+                "batcher": self._batcher.stats() if self._batcher is not None else None,
+                "promptable": self.sam.stats()}
 
     def batcher(self):
         with self.lock:
@@ -237,6 +241,11 @@ class FeatureCache:
 
     def clear(self) -> None:
         self._items.clear()
+
+    def drop_where(self, predicate) -> None:
+        """Remove the entries whose key satisfies `predicate` (e.g. one model's, after it reloaded)."""
+        for key in [k for k in self._items if predicate(k)]:
+            del self._items[key]
 
     def stats(self) -> dict[str, int]:
         return {"entries": len(self), "mib": self.bytes // 2 ** 20, "max_mib": self.max_bytes // 2 ** 20,

@@ -42,6 +42,7 @@ from medplib_label.datastore import SafeLocalDatastore
 from medplib_label.dicomweb import dicomweb_datastore
 from medplib_label.engine import EngineSettings, MedPLIBEngine
 from medplib_label.infers.medplib_infer import MedPLIBInfer
+from medplib_label.infers.promptable import PromptableInfer
 from medplib_label.strategies import RandomStrategy
 from medplib_label.trainers.medplib_train import MedPLIBTrainTask
 from medplib_label.trainers.uncertainty import MedPLIBUncertaintyScoring, UncertaintyStrategy
@@ -121,6 +122,12 @@ class MedPLIBApp(MONAILabelApp):
                                         description="MedPLIB text grounding of the segment name or question on "
                                                     "the whole volume", default_task="ground",
                                         default_scope="volume"),
+            "medplib_sam": PromptableInfer(self.engine, self.label_map, dimension=2,
+                                           description="LiteMedSAM promptable segmentation: clicks / ROI / scribble "
+                                                       "on the current slice, no text needed"),
+            "medplib_sam_3d": PromptableInfer(self.engine, self.label_map, dimension=3,
+                                              description="LiteMedSAM: clicks / ROI / scribble on one slice, "
+                                                          "propagated through the volume"),
         }
 
     def init_trainers(self):
