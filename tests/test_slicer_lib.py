@@ -401,7 +401,7 @@ def test_connection_models_and_auth(client):
     assert {"brain", "grey matter", "white matter", "csf", "target"} <= set(info.labels)
     assert info.medplib.get("device") == "cpu" and "random" in info.strategies and "medplib" in info.trainers
     assert "medplib (deepgrow, 2D)" in info.summary()
-    assert set(client.models()) == {"medplib", "medplib_seg"}
+    assert {"medplib", "medplib_seg"} <= set(client.models())  # the server may offer more (promptable modes)
     assert client.auth_enabled() is False
 
 

@@ -252,3 +252,13 @@ def test_segments_of_the_servers_structures_get_stable_distinct_colours(client):
         used.append(color)
     first = min(info.labels, key=info.labels.get)
     assert lib.pick_segment_color(first, info.labels, []) == lib.segment_color(info.labels[first])
+
+
+def test_remove_image_cleans_up_an_upload(client, studies, tmp_path):
+    """What the in-Slicer self-test does with the image it uploads."""
+    img = nib.load(str(studies / "mr_small.nii.gz"))
+    kji = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.int16)
+    tasks.upload_volume_array(client, kji, img.affine, "slicer_selftest_cleanup", str(tmp_path))
+    assert "slicer_selftest_cleanup" in client.datastore("all")["objects"]
+    client.remove_image("slicer_selftest_cleanup")
+    assert "slicer_selftest_cleanup" not in client.datastore("all")["objects"]

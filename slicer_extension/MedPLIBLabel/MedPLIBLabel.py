@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import importlib
 import logging
-import shutil
 import sys
-import tempfile
 
 import qt
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from MedPLIBLabelLib import (SLICE_TIMEOUT_S, VIEW_NAMES, VOLUME_TIMEOUT_S, ChatHistory, JobRunner, ObliqueSliceError,
-                             PromptError, SliceOutsideVolumeError, UndoStack, Unauthorized, button_states,
-                             image_id_text, prompt_summary, reload_order, remove_file, user_message)
-from MedPLIBLabelSlicer.logic import MedPLIBLabelLogic
+from MedPLIBLabelLib import (POLL_MS, SLICE_TIMEOUT_S, VIEW_NAMES, VOLUME_TIMEOUT_S, ChatHistory, JobRunner,
+                             LabelGeometryError, ObliqueSliceError, PromptError, SliceOutsideVolumeError, UndoStack,
+                             Unauthorized, button_states, discard_result, image_id_text, infer_with_region,
+                             make_temp_dir, prompt_summary, reload_order, remove_file, remove_temp_dir, user_message)
+from MedPLIBLabelSlicer.interaction import InteractionMixin, MedPLIBLabelSettingsPanel, _, readSetting
+from MedPLIBLabelSlicer.logic import PROMPT_ATTR, MedPLIBLabelLogic
+from MedPLIBLabelSlicer.parameters import HAS_WRAPPER
 from MedPLIBLabelSlicer.server_sections import ServerSectionsMixin
 from MedPLIBLabelSlicer.selftest import MedPLIBLabelTest  # noqa: F401  (Slicer runs <Module>Test from this module)
 
@@ -37,7 +38,6 @@ __all__ = ["MedPLIBLabel", "MedPLIBLabelWidget", "MedPLIBLabelLogic", "MedPLIBLa
 
 logger = logging.getLogger("MedPLIBLabel")
 
-POLL_MS = 100
 TRAIN_POLL_MS = 5000
 
 DISCLAIMER = ("<b>Research use only - not for clinical use.</b> MedPLIB answers and masks are produced by a "
@@ -68,6 +68,15 @@ class MedPLIBLabel(ScriptedLoadableModule):
             "MedPLIB (Huang et al., 'Towards a Multimodal Large Language Model with Pixel-Level Insight for "
             "Biomedicine'), MONAI Label and 3D Slicer. The module's layout follows the MONAI Label Slicer plugin "
             "and SlicerNNInteractive.")
+        self.settingsPanel = None
+        slicer.app.connect("startupCompleted()", self.registerSettingsPanel)
+
+    def registerSettingsPanel(self) -> None:
+        """Edit -> Application Settings -> MedPLIB Label (not in --no-main-window runs)."""
+        if slicer.app.commandOptions().noMainWindow:
+            return
+        self.settingsPanel = MedPLIBLabelSettingsPanel()
+        slicer.app.settingsDialog().addPanel("MedPLIB Label", self.settingsPanel)
 
 
 #
@@ -75,9 +84,10 @@ class MedPLIBLabel(ScriptedLoadableModule):
 #
 
 
-class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, ServerSectionsMixin):
+class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, ServerSectionsMixin, InteractionMixin):
     """Qt plumbing only: every request runs in a MedPLIBLabelLib job polled by a QTimer; MRML work is delegated to
-    MedPLIBLabelLogic. The Server, sample/upload and Active learning handlers are in ServerSectionsMixin."""
+    MedPLIBLabelLogic. The Server, sample/upload and Active learning handlers are in ServerSectionsMixin; shortcuts,
+    run on placement, Segment Editor, target and modes in InteractionMixin."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -99,6 +109,8 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         self.turnCounter = 0
         self.tmpdir = None
         self._observedPromptNodes = []
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -109,7 +121,8 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = MedPLIBLabelLogic()
-        self.tmpdir = tempfile.mkdtemp(prefix="MedPLIBLabel-")
+        # The module's own folder under Slicer's temporary path: result files never land in the system temp.
+        self.tmpdir = make_temp_dir(slicer.app.temporaryPath)
 
         self.ui.disclaimerLabel.setText(DISCLAIMER)
         self.ui.progressWidget.hide()
@@ -131,7 +144,9 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.updateButtons)
         # Volume
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onVolumeChanged)
-        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
+        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.targetComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
         self.ui.nextSampleButton.connect("clicked()", self.onNextSample)
         self.ui.uploadVolumeButton.connect("clicked()", self.onUploadVolume)
         # Prompts
@@ -167,9 +182,44 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        self.setupInteraction()
         self.setupPromptNodes()
         self.observeCrosshair()
+        self.initializeParameterNode()
         self.onVolumeChanged(self.ui.inputVolumeSelector.currentNode())
+        if self.parent.isEntered:  # a developer Reload rebuilds the widget without calling enter(): keys back on
+            self.enter()
+
+    # ------------------------------------------------------------------ parameter node
+    def initializeParameterNode(self) -> None:
+        """Bind volume and segmentation selectors to the parameter node (saved with the scene); select the volume
+        shown in the views when none is chosen yet."""
+        if self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        self._parameterNode = self.logic.getParameterNode()
+        if not HAS_WRAPPER:
+            return
+        if self._parameterNode.inputVolume is None:
+            shown = self.logic.shownVolume() or slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if shown is not None:
+                self._parameterNode.inputVolume = shown
+        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+        index = self.ui.targetComboBox.findData(self._parameterNode.targetMode)
+        if index >= 0:
+            self.ui.targetComboBox.setCurrentIndex(index)
+
+    def onModelChanged(self, *unused) -> None:
+        if HAS_WRAPPER and self._parameterNode is not None and self.ui.modelComboBox.currentText:
+            self._parameterNode.model = self.ui.modelComboBox.currentText
+
+    def onTargetChanged(self, *unused) -> None:
+        if HAS_WRAPPER and self._parameterNode is not None:
+            self._parameterNode.targetMode = self.targetMode()
+
+    def onSegmentationChanged(self, *unused) -> None:
+        self.syncSegmentEditor()
+        self.updateButtons()
 
     def cleanup(self) -> None:
         self.runner.cancel()
@@ -182,20 +232,23 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
             self.undoShortcut.setParent(None)
             self.undoShortcut.deleteLater()
             self.undoShortcut = None
+        self.cleanupInteraction()
+        if self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
         self.removeObservers()
         self._observedPromptNodes = []
         self.crosshairNode = None
-        if self.tmpdir:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        remove_temp_dir(self.tmpdir)  # a cancelled job's late file is removed by its on_discard
 
     def enter(self) -> None:
         self.setupPromptNodes()
-        if self.undoShortcut is not None:
-            self.undoShortcut.setEnabled(True)
+        self.enableKeys(True)
+        self.syncSegmentEditor()
 
     def exit(self) -> None:
-        if self.undoShortcut is not None:
-            self.undoShortcut.setEnabled(False)
+        self.enableKeys(False)
+        self.ui.segmentEditorWidget.setActiveEffect(None)
         for placeWidget in self.placeWidgets().values():
             placeWidget.setPlaceModeEnabled(False)
 
@@ -216,6 +269,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.setupPromptNodes()
+        self.initializeParameterNode()
         self.observeCrosshair()
         self.refreshChat()
         self.updateButtons()
@@ -253,6 +307,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         if view:
             self.lastPromptView = view
         self.updatePromptSummary()
+        self.maybeRunOnPlacement(caller.GetAttribute(PROMPT_ATTR) or "")
 
     def onPromptModified(self, caller, event) -> None:
         self.updatePromptSummary()
@@ -296,20 +351,23 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
 
     # ------------------------------------------------------------------ jobs
     def submit(self, what: str, fn, *args, onDone=None, onError=None, **kwargs) -> bool:
-        """Run ``fn`` (a Lib client call; no Qt/MRML inside) in the background and poll it from the timer."""
+        """Run ``fn`` (a Lib client call; no Qt/MRML inside) in the background and poll it from the timer. A
+        cancelled job's result files are removed by discard_result in the worker."""
         if self.runner.busy:
-            slicer.util.showStatusMessage("MedPLIB Label: a request is still running; wait or cancel it.", 3000)
+            slicer.util.showStatusMessage("MedPLIB Label: " + _("a request is still running; wait or cancel it."),
+                                          3000)
             return False
         self.busyWhat = what
         self.runner.submit(fn, *args, on_done=onDone, on_error=onError or (lambda exc: self.onJobError(what, exc)),
-                           name=what, **kwargs)
+                           name=what, on_discard=discard_result, **kwargs)
         self.pollTimer.start()
         self.updateButtons()
         return True
 
     def onPoll(self) -> None:
+        # poll() waits POLL_YIELD_S on the job: PythonQt holds the GIL while Qt idles, this wait lets the worker run.
         state = self.runner.poll()  # runs the callbacks here, on the main thread
-        self.statusRunner.poll()
+        self.statusRunner.poll(yield_s=0.0)
         if self.runner.busy:
             if self.runner.show_progress:  # only after ~2 s, so quick answers don't flash a progress bar
                 self.ui.progressLabel.setText(self.runner.status_text(self.busyWhat))
@@ -333,7 +391,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         message = user_message(exc)
         if isinstance(exc, Unauthorized):
             message += "\n\nEnter an access token in the Server section and test the connection again."
-        slicer.util.errorDisplay(f"{what} failed:\n{message}", windowTitle="MedPLIB Label",
+        slicer.util.errorDisplay(_("{what} failed:").format(what=what) + f"\n{message}", windowTitle="MedPLIB Label",
                                  detailedText=f"{type(exc).__name__}: {exc}")
 
     def updateButtons(self, *unused) -> None:
@@ -352,6 +410,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         segmentation = self.logic.segmentationFor(volume) if volume is not None else None
         if segmentation is not None:
             self.ui.segmentationSelector.setCurrentNode(segmentation)
+        self.syncSegmentEditor()
         self.refreshChat()
         self.updateButtons()
 
@@ -370,7 +429,10 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
             return
         volume = self.ui.inputVolumeSelector.currentNode()
         if volume is None:
-            slicer.util.warningDisplay("Select or load a volume first.", windowTitle="MedPLIB Label")
+            slicer.util.warningDisplay(_("Select or load a volume first."), windowTitle="MedPLIB Label")
+            return
+        if (self.ui.modeComboBox.currentData or "ask") != "ask":
+            slicer.util.warningDisplay(_("This mode is not available yet."), windowTitle="MedPLIB Label")
             return
         question = self.ui.questionLineEdit.text.strip()
         segmentName = self.ui.segmentNameComboBox.currentText.strip()
@@ -378,7 +440,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         if task == "report":  # the report grounds the server's labels by name; the typed text only sets its language
             segmentName = ""
         if scope == "volume" and not (question or segmentName):
-            slicer.util.warningDisplay("Type what to segment (a question or a segment name) for the whole volume.",
+            slicer.util.warningDisplay(_("Type what to segment (a question or a segment name) for the whole volume."),
                                        windowTitle="MedPLIB Label")
             return
         imageId = self.logic.imageIdOf(volume, self.client.url)
@@ -388,9 +450,11 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         try:
             prompts = self.logic.collectPrompts(volume) if scope == "slice" and task != "report" else []
             view = self.targetView(prompts)
-            request = self.logic.buildRequest(volume, self.logic.sliceNodeForView(view), prompts, question=question,
+            sliceNode = self.logic.sliceNodeForView(view)
+            request = self.logic.buildRequest(volume, sliceNode, prompts, question=question,
                                               segmentName=segmentName, task=task, scope=scope, viewName=view,
                                               history=self.history)
+            region = self.logic.lassoRegion(volume, sliceNode, prompts)  # sent as its filled region
         except (PromptError, ObliqueSliceError, SliceOutsideVolumeError, ValueError) as exc:
             slicer.util.warningDisplay(user_message(exc), windowTitle="MedPLIB Label")
             return
@@ -400,7 +464,8 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         self.ui.segmentationSelector.setCurrentNodeID(context["segmentationID"])
         model = self.ui.modelComboBox.currentText
         where = f"{view} slice {context['index']}" if scope == "slice" else "whole volume"
-        self.submit(f"Asking MedPLIB ({where})", self.client.infer, model, imageId, params,
+        self.submit(_("Asking MedPLIB") + f" ({where})", infer_with_region, self.client, model, imageId, params,
+                    region, self.logic.volumeGeometry(volume)[0], self.tmpdir,
                     timeout=SLICE_TIMEOUT_S if scope == "slice" else VOLUME_TIMEOUT_S,
                     onDone=lambda result: self.onAnswer(result, context),
                     onError=lambda exc: self.onAnswerFailed(exc, context))
@@ -420,10 +485,15 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
             if volume is not None and segmentation is not None and result.has_masks:
                 self.turnCounter += 1
                 group = (context["segmentationID"], context["volumeID"], self.turnCounter)
-                masks = self.logic.applyResult(result, context, segmentation, self.undoStack, group)
+                masks = self.logic.applyResult(result, context, segmentation, self.undoStack, group,
+                                               serverLabels=self.serverInfo.labels if self.serverInfo else None,
+                                               targetMode=self.targetMode(),
+                                               selectedSegmentId=self.selectedSegmentId(),
+                                               showIn3D=readSetting("MedPLIBLabel/showIn3D"))
         except Exception as exc:
             logger.exception("applying the answer failed")
-            slicer.util.errorDisplay(f"The answer arrived but its mask could not be applied:\n{exc}",
+            slicer.util.errorDisplay(_("The answer arrived but its mask could not be applied:") + "\n" +
+                                     (user_message(exc) if isinstance(exc, LabelGeometryError) else str(exc)),
                                      windowTitle="MedPLIB Label")
         finally:
             if result.label_path:
@@ -461,7 +531,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         if not self.undoStack:
             slicer.util.showStatusMessage("MedPLIB Label: nothing to undo.", 2000)
             return
-        restored = self.logic.undoLast(self.undoStack)
+        restored = self.logic.undoLast(self.undoStack, showIn3D=readSetting("MedPLIBLabel/showIn3D"))
         slicer.util.showStatusMessage(f"MedPLIB Label: undid the last result ({', '.join(restored)})."
                                       if restored else "MedPLIB Label: nothing to undo.", 3000)
         self.updateButtons()

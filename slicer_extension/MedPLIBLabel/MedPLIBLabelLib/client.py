@@ -267,6 +267,10 @@ class MedPLIBClient:
                                   content_type=ctype, what="image upload")
         return str((self._parse_json(data, "upload") or {}).get("image", image_id or ""))
 
+    def remove_image(self, image_id: str) -> None:
+        """DELETE /datastore/image?id=<id>: remove an image and its labels (the self-test cleans up its upload)."""
+        self.request("DELETE", "/datastore/image", query={"id": image_id}, what=f"image '{image_id}'")
+
     def download_image(self, image_id: str, path: str) -> str:
         """GET /datastore/image?image=<id> into ``path``; returns ``path``."""
         _, _, data = self.request("GET", "/datastore/image", query={"image": image_id}, what=f"image '{image_id}'")

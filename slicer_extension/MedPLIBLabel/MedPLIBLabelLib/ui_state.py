@@ -142,7 +142,8 @@ LIB_MODULE_ORDER = ("errors", "codec", "geometry", "protocol", "results", "label
 
 
 def reload_order(loaded: Iterable[str], lib: str = "MedPLIBLabelLib", slicer_pkg: str = "MedPLIBLabelSlicer",
-                 slicer_order: Sequence[str] = ("logic", "server_sections", "selftest")) -> list[str]:
+                 slicer_order: Sequence[str] = ("parameters", "interaction", "logic", "server_sections",
+                                                "selftest")) -> list[str]:
     """The loaded modules (``sys.modules`` names) to reload for the developer "Reload", dependencies first: the
     Lib's modules, the Lib package, then the Slicer-side package's modules and the package."""
     loaded = set(loaded)

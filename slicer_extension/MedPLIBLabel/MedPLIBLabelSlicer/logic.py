@@ -13,10 +13,13 @@ import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from MedPLIBLabelLib import (build_infer_params, choose_view, collect_prompts, history_params, label_outside_slice,
-                             label_values, masks_from_label, new_image_id, prompt_counts, prompt_points,
-                             roi_is_defined, rois_from_boxes, segment_color, segments_to_label, shown_question,
-                             slice_axis_from_normal, slice_index, write_slice)
+from MedPLIBLabelLib import (BOX_ATTR, LassoPrompt, build_infer_params, check_label_geometry, choose_view,
+                             collect_prompts, history_params, internal_offset, label_outside_slice, label_values,
+                             lasso_region, masks_from_label, new_image_id, pick_segment_color, prompt_counts,
+                             prompt_points, restore_plane_inplace, roi_is_defined, rois_from_boxes, segment_targets,
+                             segments_to_label, shown_question, slice_axis_from_normal, slice_index,
+                             stale_box_nodes, write_plane_inplace, write_slice)
+from MedPLIBLabelSlicer.parameters import wrapParameterNode
 
 logger = logging.getLogger("MedPLIBLabel")
 
@@ -51,6 +54,36 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        """The module's parameter node, typed (slicer.parameterNodeWrapper) where Slicer has it (5.2+)."""
+        return wrapParameterNode(ScriptedLoadableModuleLogic.getParameterNode(self))
+
+    @staticmethod
+    def shownVolume():
+        """The volume shown in the Red view (else any slice view), so the module starts on what the user sees."""
+        layoutManager = slicer.app.layoutManager()
+        names = ["Red"] + [n for n in (layoutManager.sliceViewNames() if layoutManager else []) if n != "Red"]
+        for name in names:
+            widget = layoutManager.sliceWidget(name) if layoutManager else None
+            if widget is None:
+                continue
+            volumeId = widget.sliceLogic().GetSliceCompositeNode().GetBackgroundVolumeID()
+            node = slicer.mrmlScene.GetNodeByID(volumeId) if volumeId else None
+            if node is not None and node.IsA("vtkMRMLScalarVolumeNode"):
+                return node
+        return None
+
+    @staticmethod
+    def segmentEditorNode():
+        """The shared Segment Editor parameter node (the one the Segment Editor module uses)."""
+        node = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+            node.UnRegister(None)
+            node.SetSingletonTag("SegmentEditor")
+            node = slicer.mrmlScene.AddNode(node)
+        return node
 
     # ------------------------------------------------------------------ prompt nodes
     def getPromptNode(self, kind: str):
@@ -122,6 +155,14 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
         ijkToRas, parent = (None, None) if volume is None else self.volumeGeometry(volume)[:2]
         return collect_prompts(points["positive"], points["negative"], self._roiWorld(self.getPromptNode("box")),
                                points["scribble"], points["lasso"], ijk_to_ras=ijkToRas, parent=parent)
+
+    def lassoRegion(self, volume, sliceNode, prompts):
+        """The filled region of the lasso among ``prompts`` on ``sliceNode``'s slice (None without a lasso)."""
+        lassos = [p for p in prompts if isinstance(p, LassoPrompt)]
+        if not lassos:
+            return None
+        ijkToRas, parent, dims = self.volumeGeometry(volume)
+        return lasso_region(lassos[0], ijkToRas, self.sliceToRas(sliceNode), parent, dims=dims)
 
     # ------------------------------------------------------------------ views and geometry
     @staticmethod
@@ -232,15 +273,10 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
     def newImageId(volume) -> str:
         return new_image_id(volume.GetName())
 
-    @staticmethod
-    def saveVolume(volume, path: str) -> None:
-        """Write the volume's own voxels and IJK->RAS (not hardened, no DICOM tags) without changing its storage
-        node, so the server's IJK matches Slicer's."""
-        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-        storage.SetFileName(path)
-        storage.UseCompressionOn()
-        if not storage.WriteData(volume):
-            raise OSError(f"could not write {path}")
+    def volumeSnapshot(self, volume):
+        """(KJI voxel copy, IJK->RAS) for an upload: the volume's own voxels and matrix (not hardened, no DICOM
+        tags), so the server's IJK matches Slicer's. A memory copy only: the worker writes the file."""
+        return slicer.util.arrayFromVolume(volume).copy(), self.volumeGeometry(volume)[0]
 
     def loadSample(self, path: str, imageId: str, serverUrl: str):
         volume = slicer.util.loadVolume(path, {"name": imageId, "show": True})
@@ -266,18 +302,19 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
             segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
         return segmentation
 
-    @staticmethod
-    def readLabelFile(path: str, volume) -> np.ndarray:
-        """The returned label volume as a KJI array (it has the server image's geometry and index order)."""
+    def readLabelFile(self, path: str, volume) -> np.ndarray:
+        """The returned label volume as a KJI array, after checking that it lies on the volume's voxel grid (same
+        shape and IJK->RAS; raises LabelGeometryError otherwise, so nothing lands in the wrong voxels)."""
         labelNode = slicer.util.loadVolume(path, {"labelmap": True, "show": False, "singleFile": True})
         try:
             label = slicer.util.arrayFromVolume(labelNode).copy()
+            m = vtk.vtkMatrix4x4()
+            labelNode.GetIJKToRASMatrix(m)
+            labelMatrix = self.matrix(m)
         finally:
             removeNodeWithHelpers(labelNode)
-        expected = slicer.util.arrayFromVolume(volume).shape
-        if label.shape != expected:
-            raise ValueError(f"the server's label has shape {label.shape} (KJI) but the volume has {expected}; "
-                             "is this volume the image the server segmented?")
+        check_label_geometry(labelMatrix, label.shape, self.volumeGeometry(volume)[0],
+                             slicer.util.arrayFromVolume(volume).shape)
         return label
 
     @staticmethod
@@ -292,9 +329,44 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
             return np.zeros(shape, np.uint8)
         return (arr > 0).astype(np.uint8)
 
-    def applyResult(self, result, context, segmentation, undoStack, group) -> dict:
-        """Write the answer's masks into named segments (slice scope: only that slice is replaced) and push the
-        replaced planes on ``undoStack``. Returns ``{segment name: voxels written}``."""
+    @staticmethod
+    def _closedSurfaceName() -> str:
+        return slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+
+    def _internalPlane(self, segmentation, segmentId: str, volume):
+        """(labelmap, its KJI array, label value, offset, IJK dims) to write one plane of a segment in place, or
+        None when the internal labelmap is not the volume's full grid (then the segment is re-imported whole)."""
+        segmentationObj = segmentation.GetSegmentation()
+        binaryName = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        getSource = getattr(segmentationObj, "GetSourceRepresentationName", None) or \
+            segmentationObj.GetMasterRepresentationName  # Slicer < 5.4
+        if getSource() != binaryName or segmentation.GetParentTransformNode() != volume.GetParentTransformNode():
+            return None
+        segment = segmentationObj.GetSegment(segmentId)
+        labelmap = segment.GetRepresentation(binaryName) if segment is not None else None
+        if labelmap is None or labelmap.GetPointData() is None or labelmap.GetPointData().GetScalars() is None:
+            return None
+        m = vtk.vtkMatrix4x4()
+        labelmap.GetImageToWorldMatrix(m)
+        ijkToRas, _, dims = self.volumeGeometry(volume)
+        offset = internal_offset(self.matrix(m), labelmap.GetExtent(), ijkToRas, dims)
+        if offset is None:
+            return None
+        array = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentation, segmentId)
+        return labelmap, array, int(segment.GetLabelValue()), offset, dims
+
+    @staticmethod
+    def _internalModified(segmentation, segmentId: str, labelmap) -> None:
+        labelmap.GetPointData().GetScalars().Modified()
+        labelmap.Modified()  # the segmentation observes its source representation: display and 3D update
+        segmentation.GetSegmentation().GetSegment(segmentId).Modified()
+
+    def applyResult(self, result, context, segmentation, undoStack, group, serverLabels=None, targetMode="named",
+                    selectedSegmentId=None, showIn3D=False) -> dict:
+        """Write the answer's masks into segments (``targetMode``: see Lib segment_targets) and push undo patches.
+        Slice scope: only that plane changes, written in place into the segment's internal labelmap when it covers
+        the volume (the undo patch is that plane); otherwise, and in volume scope, the segment is re-imported.
+        New segments get a stable or unused colour. Returns ``{segment name: voxels written}``."""
         volume = slicer.mrmlScene.GetNodeByID(context["volumeID"])
         label = self.readLabelFile(result.label_path, volume)
         axis, index, scope = context["axis"], context["index"], context["scope"]
@@ -304,41 +376,62 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
         masks = masks_from_label(label, result.label_names, axis, index, scope)
         written = {}
         segments = segmentation.GetSegmentation()
+        hadSurface = segments.ContainsRepresentation(self._closedSurfaceName())
+        existing = {segments.GetNthSegmentID(i): segments.GetNthSegment(i).GetName()
+                    for i in range(segments.GetNumberOfSegments())}
+        targets = segment_targets(targetMode, list(masks), existing, selectedSegmentId)
         with slicer.util.RenderBlocker():
-            for name, mask in masks.items():
-                segmentId = segments.GetSegmentIdBySegmentName(name)
-                created = not segmentId
-                if created and not mask.any():
+            for target in targets:
+                mask = masks[target.mask_name]
+                if target.create and not mask.any():
                     continue  # no empty new segments
-                if created:
-                    segmentId = segments.AddEmptySegment("", name, segment_color(result.label_names.get(name, 1)))
-                arr = np.zeros(label.shape, np.uint8) if created else self.segmentArray(segmentation, segmentId,
-                                                                                           volume)
-                if scope == "slice":
-                    previous = write_slice(arr, mask.astype(np.uint8), axis, index)
-                    undoStack.push(segmentId, axis, index, previous, group=group, created=created)
+                segmentId = target.segment_id
+                if target.create:
+                    used = [tuple(segments.GetNthSegment(i).GetColor()) for i in range(segments.GetNumberOfSegments())]
+                    segmentId = segments.AddEmptySegment("", target.name,
+                                                         pick_segment_color(target.mask_name, serverLabels, used))
+                inplace = None if target.create or scope != "slice" else self._internalPlane(segmentation,
+                                                                                               segmentId, volume)
+                if inplace is not None:
+                    labelmap, array, value, offset, dims = inplace
+                    previous = write_plane_inplace(array, mask, value, axis, index, offset, dims)
+                    undoStack.push(segmentId, axis, index, previous, group=group, offset=offset)
+                    self._internalModified(segmentation, segmentId, labelmap)
                 else:
-                    undoStack.push(segmentId, None, None, arr.copy(), group=group, created=created)
-                    arr[...] = mask
-                slicer.util.updateSegmentBinaryLabelmapFromArray(arr, segmentation, segmentId, volume)
+                    arr = np.zeros(label.shape, np.uint8) if target.create else self.segmentArray(
+                        segmentation, segmentId, volume)
+                    if scope == "slice":
+                        previous = write_slice(arr, mask.astype(np.uint8), axis, index)
+                        undoStack.push(segmentId, axis, index, previous, group=group, created=target.create)
+                    else:
+                        undoStack.push(segmentId, None, None, arr.copy(), group=group, created=target.create)
+                        arr[...] = mask
+                    slicer.util.updateSegmentBinaryLabelmapFromArray(arr, segmentation, segmentId, volume)
                 segment = segments.GetSegment(segmentId)
                 segment.SetTag("MedPLIB.Question", context.get("question") or context.get("segmentName") or "")
                 segment.SetTag("MedPLIB.Answer", result.answer or "")
-                written[name] = int(np.count_nonzero(mask))
+                written[segment.GetName()] = int(np.count_nonzero(mask))
+        self.rebuildSurface(segmentation, hadSurface or showIn3D)
         segmentation.Modified()
         return written
 
+    def rebuildSurface(self, segmentation, wanted: bool) -> None:
+        """Re-create the closed surface that updating a labelmap invalidates (else 3D views go blank)."""
+        if wanted and segmentation is not None:
+            segmentation.CreateClosedSurfaceRepresentation()
+
     def showBoxes(self, volume, boxes) -> list:
-        """One ROI node per box of an answer, named after its phrase, oriented along the volume's IJK axes.
-        Earlier box nodes of the same names are replaced, so asking again does not pile them up."""
+        """One ROI node per box of an answer, named after its phrase, oriented along the volume's IJK axes (a
+        right-handed frame). Every box node of an earlier answer about this volume is removed first, numbered ones
+        included, so asking again does not pile them up."""
         ijkToRas, parent, _ = self.volumeGeometry(volume)
+        existing = [(n, n.GetAttribute(BOX_ATTR)) for n in slicer.util.getNodesByClass("vtkMRMLMarkupsROINode")]
+        for old in stale_box_nodes(existing, volume.GetID()):
+            removeNodeWithHelpers(old)
         nodes = []
         for spec in rois_from_boxes(boxes, ijkToRas, parent):
-            old = slicer.mrmlScene.GetFirstNode(spec.name, "vtkMRMLMarkupsROINode")
-            if old is not None and old.GetAttribute("MedPLIB.Box") == "1":
-                removeNodeWithHelpers(old)
             roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", spec.name)
-            roi.SetAttribute("MedPLIB.Box", "1")
+            roi.SetAttribute(BOX_ATTR, volume.GetID())
             matrix = vtk.vtkMatrix4x4()
             for r in range(4):
                 for c in range(4):
@@ -350,7 +443,7 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
             nodes.append(roi)
         return nodes
 
-    def undoLast(self, undoStack) -> list:
+    def undoLast(self, undoStack, showIn3D: bool = False) -> list:
         """Undo the most recent answer (all segments it wrote). Returns the names of the segments restored."""
         entries = undoStack.pop_group()
         if not entries:
@@ -361,6 +454,7 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
         if segmentation is None or volume is None:
             return []
         segments = segmentation.GetSegmentation()
+        hadSurface = segments.ContainsRepresentation(self._closedSurfaceName())
         restored = []
         with slicer.util.RenderBlocker():
             for entry in entries:
@@ -368,22 +462,28 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
                 if segment is None:
                     continue
                 name = segment.GetName()
+                inplace = self._internalPlane(segmentation, entry.segment_id, volume) if entry.offset else None
                 if entry.created:
                     segments.RemoveSegment(entry.segment_id)
+                elif inplace is not None and tuple(inplace[3]) == entry.offset:
+                    labelmap, array, _, offset, dims = inplace
+                    restore_plane_inplace(array, entry.previous, entry.axis, entry.index, offset, dims)
+                    self._internalModified(segmentation, entry.segment_id, labelmap)
                 else:
                     if entry.axis is None:
                         arr = entry.previous.astype(np.uint8)
                     else:
                         arr = self.segmentArray(segmentation, entry.segment_id, volume)
-                        write_slice(arr, entry.previous.astype(np.uint8), entry.axis, entry.index)
+                        write_slice(arr, (entry.previous > 0).astype(np.uint8), entry.axis, entry.index)
                     slicer.util.updateSegmentBinaryLabelmapFromArray(arr, segmentation, entry.segment_id, volume)
                 restored.append(name)
+        self.rebuildSurface(segmentation, hadSurface or showIn3D)
         segmentation.Modified()
         return restored
 
-    def writeLabel(self, volume, segmentation, serverLabels, path: str) -> dict:
-        """Write the segments as one label volume (values from the server's labels where the names match) to
-        ``path`` for "Submit label"; returns ``{name: value}``."""
+    def labelArray(self, volume, segmentation, serverLabels):
+        """(KJI label array, IJK->RAS, ``{name: value}``) of the segments for "Submit label" (values from the
+        server's labels where the names match). The worker writes the file."""
         if segmentation is None:
             raise ValueError("Select the segmentation to submit.")
         segments = segmentation.GetSegmentation()
@@ -393,10 +493,4 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
         label = segments_to_label(((name, self.segmentArray(segmentation, segmentId, volume))  # one at a time
                                    for name, segmentId in zip(names, ids)), values,
                                   shape=slicer.util.arrayFromVolume(volume).shape)
-        labelNode = slicer.modules.volumes.logic().CreateAndAddLabelVolume(volume, "MedPLIBLabel submit")
-        try:
-            slicer.util.updateVolumeFromArray(labelNode, label)
-            self.saveVolume(labelNode, path)
-        finally:
-            removeNodeWithHelpers(labelNode)
-        return values
+        return label, self.volumeGeometry(volume)[0], values

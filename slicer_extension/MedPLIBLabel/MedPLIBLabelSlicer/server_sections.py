@@ -6,15 +6,14 @@ section (submit label, train). Qt plumbing only; MedPLIBLabelWidget (MedPLIBLabe
 
 from __future__ import annotations
 
-import os
-
 import qt
 import slicer
 
 from MedPLIBLabelLib import (CLIENT_TIMEOUT_S, DEFAULT_URL, ClientError, MedPLIBClient, Unauthorized, fetch_sample,
-                             pick_trainer, remove_file, sort_model_names, submit_label, training_running,
-                             training_status_text, upload_file, url_choices, url_history_after_connect,
+                             pick_trainer, remove_file, sort_model_names, submit_label_array, training_running,
+                             training_status_text, upload_volume_array, url_choices, url_history_after_connect,
                              user_message)
+from MedPLIBLabelSlicer.interaction import _, readSetting
 
 __all__ = ["ServerSectionsMixin"]
 
@@ -59,7 +58,7 @@ class ServerSectionsMixin:
     def onConnected(self, client, info) -> None:
         self.client, self.serverInfo = client, info
         self.saveServerHistory(client.url)
-        previous = self.ui.modelComboBox.currentText
+        previous = self.ui.modelComboBox.currentText or getattr(self._parameterNode, "model", "")
         self.ui.modelComboBox.clear()
         names = sort_model_names(info.models)
         for name in names:
@@ -70,9 +69,10 @@ class ServerSectionsMixin:
             self.ui.modelComboBox.setCurrentIndex(names.index(previous))
         current = self.ui.segmentNameComboBox.currentText
         self.ui.segmentNameComboBox.clear()
-        for label in sorted(info.labels, key=lambda n: info.labels[n]):
+        for label in sorted(info.labels, key=lambda n: info.labels[n]):  # the named structures of /info
             self.ui.segmentNameComboBox.addItem(label)
         self.ui.segmentNameComboBox.setEditText(current)
+        self.fillModes(info)
         if info.strategies:
             strategy = self.ui.strategyComboBox.currentText
             self.ui.strategyComboBox.clear()
@@ -96,8 +96,8 @@ class ServerSectionsMixin:
 
     def requireConnection(self) -> bool:
         if self.client is None:
-            slicer.util.warningDisplay("Connect to a MedPLIB Label server first (Server section, "
-                                       "'Test connection').", windowTitle="MedPLIB Label")
+            slicer.util.warningDisplay(_("Connect to a MedPLIB Label server first (Server section, "
+                                         "'Test connection')."), windowTitle="MedPLIB Label")
             return False
         return True
 
@@ -106,17 +106,21 @@ class ServerSectionsMixin:
         if not self.requireConnection():
             return
         strategy = self.ui.strategyComboBox.currentText or "random"
-        self.submit("Fetching the next sample", fetch_sample, self.client, strategy, self.tmpdir,
-                    onDone=self.onSampleFetched)
+        self.submit(_("Fetching the next sample"), fetch_sample, self.client, strategy, self.tmpdir,
+                    onDone=self.onSampleFetched)  # a failed request goes to onJobError: an error dialog
 
     def onSampleFetched(self, fetched) -> None:
         if fetched is None:
-            slicer.util.infoDisplay("The server has no more images to label with this strategy.",
+            slicer.util.infoDisplay(_("The server has no more images to label with this strategy."),
                                     windowTitle="MedPLIB Label")
             return
         info, path = fetched
         try:
             volume = self.logic.loadSample(path, str(info["id"]), self.client.url)
+        except Exception as exc:  # runs from the poll timer: without this it would only reach the Python console
+            slicer.util.errorDisplay(_("The next sample could not be loaded:") + f"\n{exc}",
+                                     windowTitle="MedPLIB Label", detailedText=f"{type(exc).__name__}: {exc}")
+            return
         finally:
             remove_file(path)
         self.ui.inputVolumeSelector.setCurrentNode(volume)
@@ -134,18 +138,19 @@ class ServerSectionsMixin:
         self.uploadVolume()
 
     def uploadVolume(self, then=None) -> None:
-        """Privacy confirmation, write the volume (main thread), upload it in the background, then ``then()``."""
+        """Privacy confirmation, copy the voxels (main thread: a memory copy only), write an uncompressed NRRD and
+        upload it in the background, then ``then()``."""
         if not self.requireConnection():
             return
         volume = self.ui.inputVolumeSelector.currentNode()
         if volume is None or not self.askUploadPermission():
             return
         imageId = self.logic.newImageId(volume)
-        path = os.path.join(self.tmpdir, imageId + ".nii.gz")
         try:
-            with slicer.util.tryWithErrorDisplay("Could not write the volume for upload.", waitCursor=True):
-                self.logic.saveVolume(volume, path)
-        except Exception:
+            array, ijkToRas = self.logic.volumeSnapshot(volume)
+        except Exception as exc:
+            slicer.util.errorDisplay(_("Could not read the volume for upload:") + f"\n{exc}",
+                                     windowTitle="MedPLIB Label")
             return
         url = self.client.url
 
@@ -156,7 +161,8 @@ class ServerSectionsMixin:
             if callable(then):
                 then()
 
-        self.submit("Uploading the volume", upload_file, self.client, path, imageId, onDone=uploaded)
+        self.submit(_("Uploading the volume"), upload_volume_array, self.client, array, ijkToRas, imageId, self.tmpdir,
+                    onDone=uploaded)
 
     # ------------------------------------------------------------------ active learning
     def onSubmitLabel(self) -> None:
@@ -169,15 +175,20 @@ class ServerSectionsMixin:
             slicer.util.warningDisplay("This volume is not on the server: fetch it with 'Next sample' or upload it "
                                        "first.", windowTitle="MedPLIB Label")
             return
-        path = os.path.join(self.tmpdir, imageId + "_label.nii.gz")
         try:
-            labelNames = self.logic.writeLabel(volume, segmentation, self.serverInfo.labels, path)
+            label, ijkToRas, labelNames = self.logic.labelArray(volume, segmentation, self.serverInfo.labels)
         except ValueError as exc:
             slicer.util.warningDisplay(str(exc), windowTitle="MedPLIB Label")
             return
-        self.submit("Submitting the label", submit_label, self.client, imageId, path, labelNames,
-                    onDone=lambda res: slicer.util.showStatusMessage(
-                        f"MedPLIB Label: label of {imageId} saved ({', '.join(labelNames)}).", 5000))
+
+        def submitted(res) -> None:
+            slicer.util.showStatusMessage(f"MedPLIB Label: label of {imageId} saved ({', '.join(labelNames)}).",
+                                          5000)
+            if readSetting("MedPLIBLabel/autoFetchNextSample"):
+                self.onNextSample()
+
+        self.submit(_("Submitting the label"), submit_label_array, self.client, imageId, label, ijkToRas, labelNames,
+                    self.tmpdir, onDone=submitted)
 
     def trainerName(self) -> str:
         return pick_trainer(self.serverInfo.trainers if self.serverInfo else [], self.ui.modelComboBox.currentText)
