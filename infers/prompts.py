@@ -36,6 +36,10 @@ def choose_slice(p: InferParams, shape: tuple[int, int, int]) -> int:
             and not all(round(q[axis]) == p.slice for q in points):
         # The stock Slicer plugin always sends `slice` as the K index; with another axis, the clicks say which.
         k = int(round(points[0][axis]))
+    elif p.slice is not None and axis != 2 and p.roi is not None and not points \
+            and not _within(p.slice, p.roi[2 * axis:2 * axis + 2]) and _within(p.slice, p.roi[4:6]):
+        # The same for a ROI alone: `slice` is its K, the ROI's extent along `axis` gives the slice.
+        k = int(round((p.roi[2 * axis] + p.roi[2 * axis + 1]) / 2))
     elif p.slice is not None:
         k = p.slice
     elif p.foreground:
@@ -51,6 +55,10 @@ def choose_slice(p: InferParams, shape: tuple[int, int, int]) -> int:
     if not 0 <= k < shape[axis]:
         raise bad_request("slice", f"{k} is outside 0..{shape[axis] - 1} along axis {axis}")
     return k
+
+
+def _within(index: float, bounds) -> bool:
+    return min(bounds) - 0.5 <= index <= max(bounds) + 0.5
 
 
 def _check_point(name: str, idx: int, ijk, mapper: PlaneMapper) -> None:
