@@ -30,7 +30,7 @@ def infer(client, image, params, files=None, model="medplib"):
 def test_info_lists_models_labels_and_conf(server, fitted_tiny_dir):
     client, _, _ = server
     info = client.get("/info/").json()
-    assert set(info["models"]) == {"medplib", "medplib_seg"}
+    assert set(info["models"]) == {"medplib", "medplib_seg", "medplib_sam", "medplib_sam_3d"}
     assert info["models"]["medplib"]["type"] == "deepgrow" and info["models"]["medplib"]["dimension"] == 2
     assert info["models"]["medplib_seg"]["type"] == "segmentation"
     assert list(info["labels"]) == ["brain", "grey matter", "white matter", "csf", "target"]
@@ -73,7 +73,9 @@ def test_every_prompt_type_on_every_axis(server, tmp_path, image, axis):
         {"question": "What is this?", "roi": roi},
         {"question": "What is this?", "scribble": scribble},
         {"label": "white matter"},  # grounding of the segment name (Slicer's deepgrow tools)
-        {"label": "white matter", "foreground": [point], "background": [scribble[0]]},  # grounding + clicks
+        # grounding + clicks (an explicit task; with task auto, clicks and a bare name are promptable segmentation,
+        # tested in test_promptable_app.py)
+        {"label": "white matter", "task": "ground", "foreground": [point], "background": [scribble[0]]},
     ]
     for params in cases:
         params = {**params, "axis": axis, "slice": k}
@@ -179,7 +181,7 @@ def test_stock_slicer_slice_param_is_k_even_on_other_axes(server, tmp_path):
     client, _, _ = server
     res, label, _ = parse_infer(infer(client, "mni152_t1", {"foreground": [[98, 120, 90]], "slice": 90, "axis": 0,
                                                               "label": "white matter"}), tmp_path)
-    assert res["slice"] == 98 and res["axis"] == 0
+    assert res["slice"] == 98 and res["axis"] == 0 and res["task"] == "promptable"  # a click and a bare name
     data = np.asanyarray(label.dataobj)
     assert not np.delete(data, 98, axis=0).any()
 

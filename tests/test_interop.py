@@ -266,8 +266,8 @@ BAD_REQUESTS = [
     pytest.param({"label": "white matter", "axis": "z"}, "axis", id="axis-not-int"),
     pytest.param({"question": "What is this?", "task": "caption"}, "task", id="bad-task"),
     pytest.param({"label": "white matter", "scope": "study"}, "scope", id="bad-scope"),
-    pytest.param({"label": "white matter", "scope": "volume", "foreground": [[98, 120, 90]]}, "scope",
-                 id="volume-with-points"),
+    pytest.param({"question": "What is this?", "task": "region", "scope": "volume", "foreground": [[98, 120, 90]]},
+                 "scope", id="volume-region-vqa"),  # region prompts in volume scope propagate a mask; no VQA
     pytest.param({"label": "white matter", "roi": [1, 2, 3]}, "roi", id="roi-length"),
     pytest.param({"question": "What is this?", "scribble": []}, "scribble", id="empty-scribble"),
     pytest.param({"label": "white matter", "window": {"center": 40, "width": -1}}, "window", id="window-width"),
