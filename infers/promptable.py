@@ -9,6 +9,7 @@ model sees it (`PlaneMapper`, radiological orientation) by the same code as the 
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from .request import InferParams, bad_request, parse_params
 LASSO_FILL = 0.3  # an uploaded region filling at least this much of its bounding box (after hole filling) is a
 # lasso (-> its box); a thinner one is a stroke (-> points along it)
 STROKE_POINTS = 6
+KEEP_SLICES = 16  # embeddings of a 3D result's slices kept in the slice LRU for follow-up clicks
 
 
 @dataclass
@@ -115,7 +117,7 @@ def segment(engine: MedPLIBEngine, request: dict[str, Any], p: InferParams, vol:
         mapper.slice_view(label)[mapper.plane_to_slice(first.logits, logits=True) > logit(p.sam_threshold)] = 1
         if volume:
             t0 = time.perf_counter()
-            extra = _propagate(sam, vol, p, k, first, window, label)
+            extra = _propagate(sam, request["image"], vol, p, k, first, window, label)
             extra["latency_propagate"] = (time.perf_counter() - t0) * 1e3
     t_model = time.perf_counter()
     path = write_label(label, vol, p.result_extension)
@@ -143,8 +145,8 @@ def segment(engine: MedPLIBEngine, request: dict[str, Any], p: InferParams, vol:
     return path, result
 
 
-def _propagate(sam: PromptableEngine, vol: Volume, p: InferParams, k: int, first: PromptMask, window: Window,
-               label: np.ndarray) -> dict[str, Any]:
+def _propagate(sam: PromptableEngine, image: str, vol: Volume, p: InferParams, k: int, first: PromptMask,
+               window: Window, label: np.ndarray) -> dict[str, Any]:
     """Propagate the prompted slice's mask through the volume along `p.axis`; fills `label`."""
     def mapper_at(j: int) -> PlaneMapper:
         return PlaneMapper.create(vol.shape, vol.spacing, vol.direction, p.axis, j)
@@ -154,13 +156,22 @@ def _propagate(sam: PromptableEngine, vol: Volume, p: InferParams, k: int, first
         return {"slices_covered": {"count": 0, "first": None, "last": None, "start": k},
                 "stopped": {"up": "no mask on the prompted slice", "down": "no mask on the prompted slice"},
                 "slices_encoded": 0}
+    kwargs: dict[str, Any] = {}
+    stack: dict[int, Any] = {}
+    if "cache" in inspect.signature(propagate).parameters:  # slices already embedded are not encoded again
+        stack = sam.stack_embeddings(image, vol.shape, p.axis, window)
+        kwargs["cache"] = stack
+    known = set(stack)
     result = propagate(pred, lambda j: mapper_at(j).extract(vol.array), vol.shape[p.axis], k, first,
-                       window=window, max_slices=p.max_slices or None)
+                       window=window, max_slices=p.max_slices or None, **kwargs)
     for j, mask in result.masks.items():
         if j != k:
             m = mapper_at(j)
             m.slice_view(label)[m.plane_to_slice(np.asarray(mask, bool))] = 1
     covered = sorted(j for j, mask in result.masks.items() if np.asarray(mask).any())
+    # Keep the covered slices' new embeddings (where corrections will be clicked), a bounded number of them.
+    near = sorted((j for j in covered if j not in known), key=lambda j: abs(j - k))[:KEEP_SLICES]
+    sam.keep(image, vol.shape, p.axis, window, stack, near)
     return {"slices_covered": {"count": len(covered), "first": covered[0] if covered else None,
                                "last": covered[-1] if covered else None, "start": k},
             "stopped": dict(result.stopped), "slices_encoded": int(result.encoded),

@@ -242,6 +242,10 @@ class FeatureCache:
     def clear(self) -> None:
         self._items.clear()
 
+    def peek_where(self, predicate) -> list[tuple[tuple, object]]:
+        """(key, value) of the entries whose key satisfies `predicate`, without touching the LRU order."""
+        return [(k, v) for k, (v, _) in self._items.items() if predicate(k)]
+
     def drop_where(self, predicate) -> None:
         """Remove the entries whose key satisfies `predicate` (e.g. one model's, after it reloaded)."""
         for key in [k for k in self._items if predicate(k)]:

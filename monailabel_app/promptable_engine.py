@@ -115,6 +115,22 @@ class PromptableEngine:
             self.encoded += 1
             return features, False, ms
 
+    def stack_embeddings(self, image: str, shape: tuple, axis: int, window: Window) -> dict[int, SliceEmbedding]:
+        """slice -> embedding of every cached slice of one image along one axis (for 3D propagation)."""
+        prefix = (KEY_TAG, image, tuple(shape), axis)
+        with self.lock:
+            return {key[4]: value.features for key, value in
+                    self.cache.peek_where(lambda key: key[:4] == prefix and key[5] == window)}
+
+    def keep(self, image: str, shape: tuple, axis: int, window: Window, embeddings: dict[int, SliceEmbedding],
+             slices: list[int]) -> None:
+        """Store the embeddings of `slices` (e.g. those a propagation covered) in the slice LRU."""
+        with self.lock:
+            for j in slices:
+                key = self.key(image, shape, axis, j, window)
+                if j in embeddings and self.cache.get(key) is None:
+                    self.cache.put(key, CachedEmbedding(embeddings[j]))
+
     def stats(self) -> dict:
         return {"source": self.source() if self._loaded is None else self._loaded[0], "loaded": self._sam is not None,
                 "loads": self.loads, "slices_encoded": self.encoded, "cache_hits": self.hits}
