@@ -7,6 +7,7 @@ Unlike the original, region masks are really passed to the model (its `validate_
 
     python -m medplib.evaluation --model tiny --mecovqa test.json --images SAMed2Dv1 --out eval/
     python -m medplib.evaluation --model PATH --heldout sample_data/datastore --slice-step 10 --train-log log.json
+    python -m medplib.evaluation --promptable --sets sample invesalius itk   # LiteMedSAM prompts vs the bare wheel
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from medplib.checkpoints.official import load_official
 from medplib.checkpoints.project import from_pretrained
 from medplib.data.conversations import BODY_Q, MODALITY_Q, PLANE_Q, build_conversations, load_slice
 from medplib.data.volumes import auto_window, read_volume
+from medplib.evaluation.promptable import main as promptable_main
 from medplib.evaluation.scoring import (
     closed_match,
     load_training_log,
@@ -437,11 +439,16 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", clip: str
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--promptable" in argv:  # its own options: medplib.evaluation.promptable
+        return promptable_main([a for a in argv if a != "--promptable"])
     ap = argparse.ArgumentParser(prog="python -m medplib.evaluation", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="preset (tiny, small) or checkpoint folder")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--mecovqa", help="MeCoVQA-format JSON")
     src.add_argument("--heldout", help="MONAI Label datastore folder (its splits.json val split)")
+    src.add_argument("--promptable", action="store_true",
+                     help="box / clicks / scribbles / one-box 3D vs bare LiteMedSAM (--promptable --help)")
     ap.add_argument("--images", help="image folder (paths in the JSON are relative to it)")
     ap.add_argument("--masks", help="mask folder (default: --images)")
     ap.add_argument("--answer-type", choices=["open", "closed"], help="override the entries' answer_type")

@@ -85,9 +85,9 @@ class SliceEncoder:
     """Embeddings of a stack's slices on demand, computed `batch` at a time ahead of the propagation front."""
 
     def __init__(self, predictor: PromptablePredictor, get_slice: Callable[[int], np.ndarray], n_slices: int,
-                 window: Window | None = None, batch: int = 4):
+                 window: Window | None = None, batch: int = 4, cache: dict[int, SliceEmbedding] | None = None):
         self.predictor, self.get_slice, self.n, self.window, self.batch = predictor, get_slice, n_slices, window, batch
-        self.cache: dict[int, SliceEmbedding] = {}
+        self.cache: dict[int, SliceEmbedding] = {} if cache is None else cache  # shared by several propagations
         self.encoded = 0
 
     def get(self, k: int, step: int) -> SliceEmbedding:
@@ -102,24 +102,32 @@ class SliceEncoder:
 
 def propagate(predictor: PromptablePredictor, get_slice: Callable[[int], np.ndarray], n_slices: int, start: int,
               first: PromptMask, window: Window | None = None, rule: StopRule = StopRule(), margin: float = 0.05,
-              batch: int = 4, max_slices: int | None = None, naive: bool = False) -> Propagation:
+              batch: int = 4, max_slices: int | None = None, naive: bool = False,
+              cache: dict[int, SliceEmbedding] | None = None, trace: list[dict] | None = None) -> Propagation:
     """Propagate `first` (the mask on slice `start`) through the stack in both directions.
 
     margin: the previous box is grown by this fraction of its size (at least 3 px) on every side.
     naive: the baseline the issue names (next box = last mask's box + 3 px, stop under 5 px; no other signal).
+    cache: slice -> embedding, filled and reused (e.g. by a naive and a ruled run over the same stack).
+    trace: if given, one dict of the measured signals per propagated slice is appended (`bench/propagation.py`).
     """
+    if first.mask.sum() == 0:
+        raise ValueError("the first slice's mask is empty: nothing to propagate")
     result = Propagation({start: first.mask}, start, ious={start: first.iou})
-    encoder = SliceEncoder(predictor, get_slice, n_slices, window, batch)
+    encoder = SliceEncoder(predictor, get_slice, n_slices, window, batch, cache)
     limit = max_slices if max_slices is not None else n_slices
     for step, name in ((1, "up"), (-1, "down")):
         prev, k = first.mask, start + step
-        prev_feature = mask_feature(encoder.get(start, step), first.mask)
+        prev_feature = None if naive else mask_feature(encoder.get(start, step), first.mask)
         reason = "end of the volume"
         while 0 <= k < n_slices and abs(k - start) <= limit:
             features = encoder.get(k, step)
             predictor.set_embedding(features)
             if naive:
                 out = predictor.predict(box=mask_box(prev, 3.0))
+                if trace is not None:
+                    trace.append({"slice": k, "direction": name, "iou": out.iou, "area": int(out.mask.sum()),
+                                  "prev_area": int(prev.sum()), "overlap": dice(out.mask, prev), "mask": out.mask})
                 if out.mask.sum() < 5:
                     reason = "area under 5 px"
                     break
@@ -129,7 +137,11 @@ def propagate(predictor: PromptablePredictor, get_slice: Callable[[int], np.ndar
                 feature = mask_feature(features, out.mask)
                 similarity = 0.0 if feature is None or prev_feature is None else \
                     float(F.cosine_similarity(feature, prev_feature, dim=0))
-                why = _stop_reason(out, int(out.mask.sum()), int(prev.sum()), dice(out.mask, prev), similarity, rule)
+                area, overlap = int(out.mask.sum()), dice(out.mask, prev)
+                if trace is not None:
+                    trace.append({"slice": k, "direction": name, "iou": out.iou, "similarity": similarity,
+                                  "area": area, "prev_area": int(prev.sum()), "overlap": overlap, "mask": out.mask})
+                why = _stop_reason(out, area, int(prev.sum()), overlap, similarity, rule)
                 if why:
                     reason = why
                     break
@@ -139,24 +151,6 @@ def propagate(predictor: PromptablePredictor, get_slice: Callable[[int], np.ndar
         result.stopped[name] = f"slice {k}: {reason}"
     result.encoded = encoder.encoded
     return result
-
-
-def _stop_reason(out: PromptMask, area: int, prev_area: int, overlap: float, similarity: float,
-                 rule: StopRule) -> str | None:
-    if area < rule.min_area:
-        return f"area {area} px < {rule.min_area}"
-    if out.iou < rule.min_iou:
-        return f"predicted IoU {out.iou:.2f} < {rule.min_iou}"
-    if similarity < rule.min_similarity:
-        return f"image features under the mask changed (cosine {similarity:.2f} < {rule.min_similarity})"
-    ratio = area / max(prev_area, 1)
-    if ratio < rule.min_area_ratio:
-        return f"area fell to {ratio:.2f} of the previous slice"
-    if ratio > rule.max_area_ratio:
-        return f"area grew {ratio:.2f}x"
-    if overlap < rule.min_overlap:
-        return f"overlap {overlap:.2f} with the previous slice"
-    return None
 
 
 def volume_dice(pred: np.ndarray, truth: np.ndarray) -> float:
