@@ -174,8 +174,20 @@ def _propagate(sam: PromptableEngine, image: str, vol: Volume, p: InferParams, k
     sam.keep(image, vol.shape, p.axis, window, stack, near)
     return {"slices_covered": {"count": len(covered), "first": covered[0] if covered else None,
                                "last": covered[-1] if covered else None, "start": k},
-            "stopped": dict(result.stopped), "slices_encoded": int(result.encoded),
+            "stopped": _reasons(result.stopped, vol.shape[p.axis]), "slices_encoded": int(result.encoded),
             "ious": {str(j): round(float(v), 4) for j, v in sorted(result.ious.items())}}
+
+
+def _reasons(stopped: dict[str, str], n_slices: int) -> dict[str, str]:
+    """propagate's stop reasons, with the `max_slices` limit named as such (it reports it as the volume's end)."""
+    out = {}
+    for direction, why in stopped.items():
+        head, _, reason = why.partition(": ")
+        index = head.removeprefix("slice ")
+        if reason == "end of the volume" and index.lstrip("-").isdigit() and 0 <= int(index) < n_slices:
+            why = f"{head}: max_slices reached"
+        out[direction] = why
+    return out
 
 
 class PromptableInfer(InferTask):

@@ -239,3 +239,4 @@ def test_medplib_volume_scope_with_a_box_propagates(client, info, synthetic):
     assert res["embedding_cached"] is True  # the prompted slice was encoded by the previous request
     got = np.nonzero(label.any(axis=(0, 1)))[0]
     assert set(got) <= {k - 1, k, k + 1} and k in set(got)
+    assert all(why.endswith("max_slices reached") for why in res["stopped"].values()), res["stopped"]
