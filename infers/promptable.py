@@ -32,8 +32,8 @@ from .prompts import build_prompts, choose_slice
 from .refer import slice_boxes, volume_boxes
 from .request import InferParams, bad_request, parse_params
 
-LASSO_FILL = 0.3  # an uploaded region filling at least this much of its bounding box (after hole filling) is a
-# lasso (-> its box); a thinner one is a stroke (-> points along it)
+LASSO_FILL = 0.3  # an uploaded region wider than a line, filling at least this much of its bounding box (after
+# hole filling) is a lasso (-> its box); anything else is a stroke (-> points along it)
 STROKE_POINTS = 6
 KEEP_SLICES = 16  # embeddings of a 3D result's slices kept in the slice LRU for follow-up clicks
 
@@ -79,7 +79,8 @@ def region_prompt(region: np.ndarray):
     filled = ndimage.binary_fill_holes(region)
     rows, cols = np.nonzero(filled)
     box_area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-    if box_area >= 16 and filled.sum() >= LASSO_FILL * box_area:
+    thick = ndimage.distance_transform_edt(np.pad(filled, 1)).max() > 2  # a drawn line is 1-4 px wide
+    if thick and filled.sum() >= LASSO_FILL * box_area:
         return "lasso", mask_box(filled)
     # A stroke: pixels ordered along its main direction, a few points evenly spaced along it.
     pts = np.stack([rows, cols], axis=1).astype(np.float32)
