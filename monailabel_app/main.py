@@ -45,6 +45,7 @@ from medplib_label.infers.medplib_infer import MedPLIBInfer
 from medplib_label.infers.promptable import PromptableInfer
 from medplib_label.strategies import RandomStrategy
 from medplib_label.trainers.medplib_train import MedPLIBTrainTask
+from medplib_label.trainers.promptable_train import PromptableTrainTask
 from medplib_label.trainers.uncertainty import MedPLIBUncertaintyScoring, UncertaintyStrategy
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ class MedPLIBApp(MONAILabelApp):
             return {}
         # Trained weights are published where the engine looks for them: <model_dir>/<preset or folder name>.
         publish_as = os.path.basename(os.path.normpath(self.settings.model))
-        return {"medplib": MedPLIBTrainTask(self.settings.model_dir, self.settings.model, publish_as)}
+        return {"medplib": MedPLIBTrainTask(self.settings.model_dir, self.settings.model, publish_as),
+                # LiteMedSAM active learning: publishes <model_dir>/lite_medsam/model.safetensors (promptable models)
+                "medplib_sam": PromptableTrainTask(self.settings.model_dir)}
 
     def init_strategies(self):
         # "uncertainty" reads scores stored in the datastore by the scoring method below; it never runs the model.

@@ -54,6 +54,8 @@ class MedPLIBTrainTask(TrainTask):
             stats = json.loads(path.read_text()) if path.is_file() else {}
         except json.JSONDecodeError:  # being rewritten right now (it is replaced atomically, so rare)
             return {}
+        if stats.get("task", "medplib") != "medplib":  # another trainer's run (medplib_sam writes the same file)
+            return {}
         if stats.get("status") == "RUNNING" and stats.get("pid") and not _alive(int(stats["pid"])):
             stats["status"] = "FAILED"
             stats["error"] = (f"the training process ({stats['pid']}) ended without finishing (killed or crashed); "
