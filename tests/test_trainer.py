@@ -153,9 +153,9 @@ def test_mask_phase_caches_seg_states_with_inference_routing(tmp_path, monkeypat
     seen = []
     original = trainer_mod._cache_seg_states
 
-    def spy(m, examples, progress, should_stop):
+    def spy(m, examples, progress, should_stop, *args, **kwargs):
         seen.extend(layer.mlp.force_expert for layer in m.model.layers)
-        return original(m, examples, progress, should_stop)
+        return original(m, examples, progress, should_stop, *args, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "_cache_seg_states", spy)
     cfg = TrainConfig(stage="ground", epochs=1, batch_size=2, max_steps_per_epoch=1, mask_epochs=1, val_samples=2,

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+from medplib.model import lite_medsam
 from medplib.model.config import LLMConfig, MedPLIBConfig, preset
 from medplib.model.modeling import MedPLIBForCausalLM, token_ids_from_tokenizer
 from medplib.model.tokenizer import load_tokenizer, resolve_llm_path
@@ -17,7 +18,6 @@ from medplib.model.tokenizer import load_tokenizer, resolve_llm_path
 
 def llama_config(cfg: LLMConfig, vocab_size: int | None = None):
     """A transformers LlamaConfig from our LLM hyper-parameters."""
-
     return LlamaConfig(
         hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
@@ -28,10 +28,8 @@ def llama_config(cfg: LLMConfig, vocab_size: int | None = None):
     )
 
 
-
 def _load_llm(cfg: LLMConfig, llm_config=None, meta: bool = False) -> nn.Module:
     """The Llama-family causal LM: random from a config, or pretrained from a GGUF file or a local folder."""
-
     if llm_config is not None or cfg.source == "config":
         llm_config = llm_config if llm_config is not None else llama_config(cfg)
         llm_config._attn_implementation = "sdpa"
@@ -53,7 +51,6 @@ def _load_llm(cfg: LLMConfig, llm_config=None, meta: bool = False) -> nn.Module:
     if cfg.source == "pretrained":
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     raise ValueError(f"unknown llm.source {cfg.source!r}")
-
 
 
 def build_model(config: MedPLIBConfig | str, tokenizer=None, seed: int | None = 0,
@@ -80,19 +77,18 @@ def build_model(config: MedPLIBConfig | str, tokenizer=None, seed: int | None = 
         model = MedPLIBForCausalLM(config, llm, token_ids_from_tokenizer(tokenizer))
     if config.vision.pretrained_path and not meta:
         load_clip_weights(model, config.vision.pretrained_path)
+    if config.sam.pretrained == "lite_medsam" and not meta:
+        model.model.visual_model.load_state_dict(lite_medsam.load_state_dict(), strict=True)
     return model.eval(), tokenizer
-
 
 
 def load_clip_weights(model: MedPLIBForCausalLM, clip_dir: str | os.PathLike) -> None:
     """Load CLIP vision weights from a local transformers CLIP folder (openai/clip-vit-large-patch14-336)."""
-
     clip_dir = Path(clip_dir)
     if not (clip_dir / "config.json").is_file():
         raise FileNotFoundError(f"CLIP folder {clip_dir} has no config.json")
     clip = CLIPVisionModel.from_pretrained(str(clip_dir), dtype=model.dtype)
     model.model.vision_tower.vision_tower.vision_model.load_state_dict(clip.state_dict(), strict=True)
-
 
 
 def shared_aliases(model: nn.Module) -> set[str]:
@@ -108,7 +104,6 @@ def shared_aliases(model: nn.Module) -> set[str]:
     return aliases
 
 
-
 def load_state_dict_checked(model: MedPLIBForCausalLM, state: dict[str, torch.Tensor], source: str,
                             ignore: tuple[str, ...] = ()) -> None:
     """assign-load a state dict; missing or unexpected keys raise an error that names them."""
@@ -120,7 +115,6 @@ def load_state_dict_checked(model: MedPLIBForCausalLM, state: dict[str, torch.Te
         raise KeyError(f"{source}: {len(missing)} missing key(s) {missing[:8]}, "
                        f"{len(unexpected)} unexpected key(s) {unexpected[:8]}")
     model.load_state_dict({k: state[k] for k in expected}, strict=False, assign=True)
-
 
 
 def finalize(model: MedPLIBForCausalLM, device, dtype: torch.dtype) -> MedPLIBForCausalLM:
@@ -136,10 +130,8 @@ def finalize(model: MedPLIBForCausalLM, device, dtype: torch.dtype) -> MedPLIBFo
     return model.eval()
 
 
-
 def _rebuild_meta_buffers(model: nn.Module) -> None:
     """Non-persistent buffers (rotary inv_freq, CLIP position_ids) are not in checkpoints: recompute them."""
-
     rotary = model.model.rotary_emb
     if any(b.is_meta for b in rotary.buffers()):
         model.model.rotary_emb = LlamaRotaryEmbedding(config=model.llm_config)

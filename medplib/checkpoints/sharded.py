@@ -25,14 +25,11 @@ SHARDED_CONFIG = "sharded_config.json"
 
 def full_state_dict(model) -> dict[str, torch.Tensor]:
     """The whole state on rank 0 (CPU); an empty dict on the other ranks. Every rank must call it."""
-
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
 
 
 def save_sharded(model, tokenizer, folder: str | os.PathLike, base: str | None = None) -> Path:
     """Every rank writes its shards to `folder/sharded`; rank 0 adds the config (with LoRA settings) and tokenizer."""
-
     folder = Path(folder)
     dcp.save(get_model_state_dict(model), checkpoint_id=str(folder / SHARDED_DIR))
     if dist.get_rank() == 0:
@@ -49,16 +46,13 @@ def save_sharded(model, tokenizer, folder: str | os.PathLike, base: str | None =
     return folder
 
 
-
 def has_sharded(folder: str | os.PathLike) -> bool:
     folder = Path(folder)
     return (folder / SHARDED_DIR / ".metadata").is_file() and (folder / SHARDED_CONFIG).is_file()
 
 
-
 def load_sharded(folder: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32):
     """Load a sharded checkpoint in one process: build the network on the meta device, then read every shard."""
-
     folder = Path(folder)
     raw = json.loads((folder / SHARDED_CONFIG).read_text())
     cfg = dict(raw["medplib"])

@@ -15,11 +15,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from medplib.imaging.preprocess import postprocess_masks
 from medplib.imaging.regions import Region
 from medplib.inference.batch_decode import DecodeRequest, generate_batch
 from medplib.inference.predictor import Answer, MedPLIBPredictor
 from medplib.model.conversation import Turn
+from medplib.model.mask_io import mask_branch_logits
 
 
 @dataclass
@@ -82,7 +82,8 @@ def ask_batch(jobs: list[AskJob]) -> list[Answer | Exception]:
             pred, f = jobs[ready[k]].predictor, feats[row]
             pred.counters["prefill"] += 1
             pred.counters["mask_decoder"] += 1
-            logits = postprocess_masks(low[row:row + 1].float(), f.resize, f.original_size)[:, 0]
+            logits = mask_branch_logits(low[row:row + 1].float(), f.resize, f.original_size,
+                                        model.config.sam)[:, 0]
             results[ready[k]] = pred._answer(preps[k], outs[k], text_embeds[row:row + 1],
                                              logits.cpu().numpy().astype(np.float32), [float(iou[row, 0])], mask_ms)
     for k, i in enumerate(ready):

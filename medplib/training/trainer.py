@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from medplib.checkpoints.sharded import full_state_dict, save_sharded
 from medplib.imaging.metrics import dice as dice_metric
-from medplib.imaging.preprocess import postprocess_masks
 from medplib.inference.predictor import MedPLIBPredictor
 from medplib.model.config import LossWeights
 from medplib.model.lora import LoraSettings, add_lora
 from medplib.model.losses import TrainSample, dice_loss, expand_labels, sigmoid_bce
+from medplib.model.mask_io import mask_branch_logits
 from medplib.model.modeling import MedPLIBForCausalLM
 from medplib.model.moe import moe_layers
 from medplib.training.fsdp import mask_new_token_rows, shard
@@ -55,12 +55,16 @@ class TrainConfig:
     fsdp: bool = False  # with several ranks: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     pack_turns: int = 1  # > 1: a slice's VQA and region questions train as multi-turn samples of up to this many
     region_pixel_dim: int = 0  # > 0: give a start model without it the fine region branch (`medplib.model.region_pixels`)
+    mask_branch: str = ""  # "lite_medsam": give a start model without it LiteMedSAM as its mask branch
+    mask_train_decoder: bool = True  # the mask phase trains the mask decoder too (else only <SEG> -> prompt)
 
     def __post_init__(self) -> None:
         if self.pack_turns < 1:
             raise ValueError(f"pack_turns must be >= 1, got {self.pack_turns}")
         if self.region_pixel_dim < 0:
             raise ValueError(f"region_pixel_dim must be >= 0, got {self.region_pixel_dim}")
+        if self.mask_branch not in ("", "lite_medsam"):
+            raise ValueError(f"mask_branch must be '' or 'lite_medsam', got {self.mask_branch!r}")
         if self.fsdp and self.mask_epochs:
             raise ValueError("fsdp and mask_epochs cannot be combined: the cached-<SEG> mask phase runs on one "
                              "device; run it as a second (DDP or single-process) training job")
@@ -253,10 +257,12 @@ class Trainer:
         configure_stage(model, plan, self.cfg.train_encoders)
         for moe in self._moes():  # cache <SEG> states exactly as inference will produce them (router decides)
             moe.force_expert = None
+        prefixes = mask_phase_prefixes(self.cfg)
         for name, p in model.named_parameters():  # only the mask branch learns here
-            p.requires_grad_(name.startswith(("model.visual_model", "model.text_hidden_fcs")))
+            p.requires_grad_(name.startswith(prefixes))
         params = [p for p in model.parameters() if p.requires_grad]
-        cache = _cache_seg_states(model, ground, self.progress, self.should_stop)
+        frozen_encoder = not any(p.requires_grad for p in model.model.visual_model.image_encoder.parameters())
+        cache = _cache_seg_states(model, ground, self.progress, self.should_stop, frozen_encoder)
         if cache is None:
             return False
         opt = torch.optim.AdamW(params, lr=self.cfg.mask_lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -285,9 +291,25 @@ class Trainer:
         return True
 
 
-def _cache_seg_states(model, examples: list[Example], progress: bool, should_stop) -> list[tuple] | None:
-    """(sam_pixels, resize, original_size, seg hidden [n,H], gt masks) per grounding example, LLM in no_grad."""
+def mask_phase_prefixes(cfg: TrainConfig) -> tuple[str, ...]:
+    """Parameter-name prefixes the mask phase trains: the <SEG> -> prompt MLP, the decoder unless told not to,
+    and the mask branch's encoders only with `train_encoders` (a pretrained LiteMedSAM encoder stays as is)."""
+    out = ["model.text_hidden_fcs"]
+    if cfg.mask_train_decoder:
+        out.append("model.visual_model.mask_decoder")
+    if cfg.train_encoders:
+        out += ["model.visual_model.image_encoder", "model.visual_model.prompt_encoder"]
+    return tuple(out)
+
+
+def _cache_seg_states(model, examples: list[Example], progress: bool, should_stop,
+                      cache_embedding: bool = False) -> list[tuple] | None:
+    """(sam_pixels, resize, original_size, seg hidden [n,H], gt masks) per grounding example, LLM in no_grad.
+
+    With `cache_embedding` (a frozen image encoder) the mask branch's image embedding replaces the pixels, so
+    each mask step runs only the prompt encoder and the decoder."""
     out = []
+    embeddings: dict[tuple, torch.Tensor] = {}  # one encoder run per slice, shared by its conversations
     model.eval()
     for ex in tqdm(examples, desc="caching <SEG> states", disable=not progress):
         if should_stop():
@@ -299,20 +321,25 @@ def _cache_seg_states(model, examples: list[Example], progress: bool, should_sto
             hidden, _ = model.run_llm(emb[None])
             labels = torch.tensor(expand_labels(s.labels, s.input_ids, tokens.shape[1]))
             seg_pos = (labels[1:] == model.seg_token_id).nonzero().flatten()
-        if len(seg_pos) != s.gt_masks.shape[0]:
-            continue
-        out.append((s.sam_pixels, s.resize, s.original_size, hidden[0, seg_pos].detach(), s.gt_masks))
+            if len(seg_pos) != s.gt_masks.shape[0]:
+                continue
+            image = s.sam_pixels
+            if cache_embedding:
+                if not ex.key or ex.key not in embeddings:
+                    embeddings[ex.key or id(ex)] = model.encode_sam(s.sam_pixels[None])[0].half().cpu()
+                image = embeddings[ex.key or id(ex)]
+        out.append((image, s.resize, s.original_size, hidden[0, seg_pos].detach(), s.gt_masks, cache_embedding))
     return out
 
 
 def _mask_step(model, items: list[tuple], w: dict) -> torch.Tensor:
-    sam_px = torch.stack([it[0] for it in items]).to(model.device)
-    emb = model.encode_sam(sam_px)
+    images = torch.stack([it[0] for it in items]).to(model.device)
+    emb = images.to(model.dtype) if items[0][5] else model.encode_sam(images)
     total = emb.new_zeros((), dtype=torch.float32)
     count = 0
-    for i, (_, resize, size, hidden, gt) in enumerate(items):
+    for i, (_, resize, size, hidden, gt, _) in enumerate(items):
         low, _ = model.decode_masks(emb[i:i + 1], model.seg_to_prompt(hidden.to(model.device)))
-        pred = postprocess_masks(low.float(), resize, size)[:, 0]
+        pred = mask_branch_logits(low.float(), resize, size, model.config.sam)[:, 0]
         gt = gt.to(pred.device)
         total = total + (w["bce"] * sigmoid_bce(pred, gt) + w["dice"] * dice_loss(pred, gt)).sum()
         count += gt.shape[0]
