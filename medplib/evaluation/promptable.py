@@ -362,6 +362,12 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _write(report: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "report.md").write_text(markdown(report))
+    plot(report, out_dir / "promptable.png")
+
+
 def run(sets: Sequence[str], datastore: str, out: str, per_volume: int = 3, three_d: Sequence[str] = ("itk",),
         synthetic: bool = True, batch: int = 4, threads: int | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -377,13 +383,12 @@ def run(sets: Sequence[str], datastore: str, out: str, per_volume: int = 3, thre
                                                 "licence": v.licence} for v in volumes},
                               "bare_equals_predict_array": checked, "summary": summary,
                               "decisions": decide(summary), "objects": records, "three_d": []}
+    _write(report, out_dir)  # the 2D part is kept even if the 3D part fails
     if three_d is not None:
         for vol in [v for v in volumes if v.set in three_d] + ([synthetic_ellipsoid()] if synthetic else []):
             for structure in vol.three_d:
                 report["three_d"].append(evaluate_3d(vol, structure, sam, bare, batch, log))
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (out_dir / "report.md").write_text(markdown(report))
-    plot(report, out_dir / "promptable.png")
+    _write(report, out_dir)
     log(markdown(report))
     log(f"decisions: {report['decisions']}; bare path equals the wheel's predict_array: {checked}")
     log(f"wrote {out_dir / 'report.json'}, {out_dir / 'report.md'}, {out_dir / 'promptable.png'}")

@@ -153,6 +153,24 @@ def propagate(predictor: PromptablePredictor, get_slice: Callable[[int], np.ndar
     return result
 
 
+def _stop_reason(out: PromptMask, area: int, prev_area: int, overlap: float, similarity: float,
+                 rule: StopRule) -> str | None:
+    if area < rule.min_area:
+        return f"area {area} px < {rule.min_area}"
+    if out.iou < rule.min_iou:
+        return f"predicted IoU {out.iou:.2f} < {rule.min_iou}"
+    if similarity < rule.min_similarity:
+        return f"image features under the mask changed (cosine {similarity:.2f} < {rule.min_similarity})"
+    ratio = area / max(prev_area, 1)
+    if ratio < rule.min_area_ratio:
+        return f"area fell to {ratio:.2f} of the previous slice"
+    if ratio > rule.max_area_ratio:
+        return f"area grew {ratio:.2f}x"
+    if overlap < rule.min_overlap:
+        return f"overlap {overlap:.2f} with the previous slice"
+    return None
+
+
 def volume_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return dice(np.asarray(pred, bool), np.asarray(truth, bool))
 
