@@ -50,8 +50,8 @@ def test_iou_head_chooses_among_candidates_for_one_click(real_slice, sam):
     r, c = np.argwhere(truth)[len(np.argwhere(truth)) // 2]
     out = predictor.predict(points=np.array([[r, c]]), point_labels=np.array([1]))
     assert out.candidates == len(CLICK_SCALES)
-    # each candidate box alone: the chosen mask is the one with the highest predicted IoU
-    ious = [predictor.predict(box=b, multimask=False).iou
+    # each candidate box with the same click: the chosen mask is the one with the highest predicted IoU
+    ious = [predictor.predict(points=np.array([[r, c]]), point_labels=np.array([1]), box=b, multimask=False).iou
             for b in predictor._click_boxes(np.array([[r, c]], np.float32), np.array([1]), None)]
     assert out.iou == pytest.approx(max(ious), abs=1e-4)
     assert dice(out.mask, truth) > 0.05  # bare LiteMedSAM gives an empty mask for a click (Dice 0.00)
