@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from medplib.data.planes import PlaneMapper
+from medplib.data.vocabulary import resolve as resolve_structure
 from medplib.imaging.regions import Box, Point, Region, Scribble
 from medplib.model.bilingual import is_grounding_request_zh
 from medplib.model.conversation import grounding_question, is_grounding_request
@@ -120,9 +122,17 @@ def _with_slice(point, mapper: PlaneMapper) -> list[float]:
     return q
 
 
+_LOCATE_RE = re.compile(r"\b(where|locate|localise|localize|find|highlight)\b|(在哪|哪里|位置|找出)", re.IGNORECASE)
+
+
 def wants_mask(question: str) -> bool:
-    """A segmentation request, in English or Chinese."""
-    return is_grounding_request(question) or is_grounding_request_zh(question)
+    """A segmentation request, in English or Chinese; or a vocabulary structure asked to be located."""
+    return is_grounding_request(question) or is_grounding_request_zh(question) or names_a_target(question)
+
+
+def names_a_target(question: str) -> bool:
+    """"Where is the left hippocampus?", "左侧海马在哪里？": a named brain structure to locate is a grounding target."""
+    return bool(_LOCATE_RE.search(question)) and resolve_structure(question) is not None
 
 
 def resolve_task(p: InferParams, prompts: PlanePrompts, segment: str | None) -> tuple[str, str]:

