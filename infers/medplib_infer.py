@@ -12,7 +12,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from medplib.data.planes import PlaneMapper
-from medplib.data.volumes import Volume, auto_window, read_label_like, write_label
+from medplib.data.volumes import Volume, auto_window, write_label
 from medplib.imaging.preprocess import Window, logit
 from medplib.model.bilingual import GROUND_ANSWER_ZH, is_chinese, to_zh
 from medplib.model.conversation import GROUND_ANSWER, grounding_question
@@ -23,6 +23,7 @@ from .prompts import PlanePrompts, build_prompts, choose_slice, resolve_task
 from .refer import box_text, history_turns, question_boxes, slice_boxes, volume_boxes
 from .report import slice_report, volume_report
 from .request import InferParams, bad_request, parse_params
+from .uploads import read_uploaded_label
 from .volume_scope import ground_volume
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class MedPLIBInfer(InferTask):
         scribble_mask, segment = None, p.label
         if p.label and _looks_like_file(p.label):
             try:
-                scribble_mask = read_label_like(p.label, vol)
+                scribble_mask = read_uploaded_label(p.label, vol)
             except ValueError as exc:
                 raise bad_request("label", str(exc)) from None
             segment = p.label_name

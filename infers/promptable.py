@@ -21,7 +21,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from scipy import ndimage
 
 from medplib.data.planes import PlaneMapper
-from medplib.data.volumes import Volume, auto_window, read_label_like, write_label
+from medplib.data.volumes import Volume, auto_window, write_label
 from medplib.imaging.preprocess import Window, logit
 from medplib.inference.promptable import PromptMask, mask_box
 from medplib.inference.propagate import propagate
@@ -31,10 +31,12 @@ from medplib_label.promptable_engine import PromptableEngine
 from .prompts import build_prompts, choose_slice
 from .refer import slice_boxes, volume_boxes
 from .request import InferParams, bad_request, parse_params
+from .uploads import read_uploaded_label
 
 LASSO_FILL = 0.3  # an uploaded region wider than a line, filling at least this much of its bounding box (after
 # hole filling) is a lasso (-> its box); anything else is a stroke (-> points along it)
 STROKE_POINTS = 6
+MODES = {2: ("promptable",), 3: ("box3d",)}  # /info config.modes, read by the Slicer module
 KEEP_SLICES = 16  # embeddings of a 3D result's slices kept in the slice LRU for follow-up clicks
 
 
@@ -213,6 +215,10 @@ class PromptableInfer(InferTask):
     def info(self) -> dict[str, Any]:
         info = super().info()
         info["model"] = self.engine.sam.source()
+        # The interaction mode this model serves, for the project's Slicer module (MedPLIBLabelLib.interaction
+        # MODE_TITLES: "promptable" = clicks / box / scribble / lasso on a slice, "box3d" = the same prompts
+        # propagated in 3D). Only in /info: parse_params never sees it (a client echoing it back is ignored).
+        info["config"] = {**dict(info.get("config") or {}), "modes": list(MODES[self.dimension])}
         return info
 
     def __call__(self, request: dict[str, Any]):
@@ -233,7 +239,7 @@ def read_inputs(engine: MedPLIBEngine, request: dict[str, Any], p: InferParams):
     scribble_mask, segment = None, p.label
     if p.label and os.path.sep in p.label and os.path.isfile(p.label):  # an uploaded `label` file
         try:
-            scribble_mask = read_label_like(p.label, vol)
+            scribble_mask = read_uploaded_label(p.label, vol)
         except ValueError as exc:
             raise bad_request("label", str(exc)) from None
         segment = p.label_name

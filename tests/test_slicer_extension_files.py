@@ -131,3 +131,37 @@ def test_readme_install_server_walkthrough_and_headless_self_test():
                    "slicer.testing.runUnitTest", "MedPLIBLabelTest().runTest()", "Troubleshooting",
                    "not for clinical use"):
         assert needle.lower() in text.lower(), f"README should mention {needle!r}"
+
+
+# ---------------------------------------------------------------------------------------------------- issue 17
+def test_promptable_modes_slicer_side_calls(lib):
+    """The promptable modes' Slicer-side code, checked for presence (it only runs inside Slicer; the Lib parts are
+    tested against the real server in tests/test_slicer_promptable.py), and the mode names agree with the server."""
+    def src(*names: str) -> str:
+        return "\n".join((MOD_DIR / n).read_text(encoding="utf-8") for n in names)
+
+    widget = src("MedPLIBLabel.py")
+    assert "This mode is not available yet" not in widget
+    for needle in ("PromptableMixin):", 'segment3DButton.connect("clicked()", self.onSegment3D)',
+                   "self.promptSession.reset()", "self.segmentPromptable(", "can_3d=mode_model(self.serverInfo"):
+        assert needle in widget, needle
+    mixin = src("MedPLIBLabelSlicer/promptable.py")
+    for needle in ("mode_model(self.serverInfo", "infer_with_region, self.client, model", "buildPromptableRequest(",
+                   "interaction=None if volume3d else self.promptSession", "promptable_status(", "lassoRegion("):
+        assert needle in mixin, needle
+    logic = src("MedPLIBLabelSlicer/logic.py")
+    for needle in ("build_promptable_params(", "covered_planes(mask, axis)", "read_plane_inplace(",
+                   "interaction.plane(key", '"coveredOnly": volume3d'):
+        assert needle in logic, needle
+    assert "mode=self.currentMode()" in src("MedPLIBLabelSlicer/interaction.py")
+    selftest = src("MedPLIBLabelSlicer/selftest.py")
+    assert "self.test_MedPLIBLabel_PromptableBox()" in selftest and "segment3DButton.click()" in selftest
+    assert 'name="segment3DButton"' in (MOD_DIR / "Resources" / "UI" / "MedPLIBLabel.ui").read_text()
+    # The server announces exactly the modes the Lib knows (infers/promptable.py MODES -> /info config.modes).
+    server = (EXT.parent / "infers" / "promptable.py").read_text(encoding="utf-8")
+    announced = set(re.findall(r'"(\w+)"', re.search(r"^MODES = (.*)$", server, re.M).group(1)))
+    from MedPLIBLabelLib.interaction import MODE_TITLES
+    from MedPLIBLabelLib.promptable import DEFAULT_MODELS, PROMPTABLE_MODES
+
+    assert announced == set(PROMPTABLE_MODES) == set(DEFAULT_MODELS) and announced < set(MODE_TITLES)
+    assert "Segment in 3D from these prompts" in README.read_text(encoding="utf-8")

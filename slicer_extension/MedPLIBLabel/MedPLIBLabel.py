@@ -24,13 +24,15 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from MedPLIBLabelLib import (POLL_MS, SLICE_TIMEOUT_S, VIEW_NAMES, VOLUME_TIMEOUT_S, ChatHistory, JobRunner,
-                             LabelGeometryError, ObliqueSliceError, PromptError, SliceOutsideVolumeError, UndoStack,
-                             Unauthorized, button_states, discard_result, image_id_text, infer_with_region,
-                             make_temp_dir, prompt_summary, reload_order, remove_file, remove_temp_dir, user_message)
+from MedPLIBLabelLib import (POLL_MS, PROMPTABLE_MODES, SLICE_TIMEOUT_S, VIEW_NAMES, VOLUME_TIMEOUT_S, ChatHistory,
+                             InteractionSession, JobRunner, LabelGeometryError, ObliqueSliceError, PromptError,
+                             SliceOutsideVolumeError, UndoStack, Unauthorized, button_states, discard_result,
+                             image_id_text, infer_with_region, make_temp_dir, mode_model, prompt_summary, reload_order,
+                             remove_file, remove_temp_dir, user_message)
 from MedPLIBLabelSlicer.interaction import InteractionMixin, MedPLIBLabelSettingsPanel, _, readSetting
 from MedPLIBLabelSlicer.logic import PROMPT_ATTR, MedPLIBLabelLogic
 from MedPLIBLabelSlicer.parameters import HAS_WRAPPER
+from MedPLIBLabelSlicer.promptable import PromptableMixin
 from MedPLIBLabelSlicer.server_sections import ServerSectionsMixin
 from MedPLIBLabelSlicer.selftest import MedPLIBLabelTest  # noqa: F401  (Slicer runs <Module>Test from this module)
 
@@ -84,10 +86,12 @@ class MedPLIBLabel(ScriptedLoadableModule):
 #
 
 
-class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, ServerSectionsMixin, InteractionMixin):
+class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, ServerSectionsMixin, InteractionMixin,
+                         PromptableMixin):
     """Qt plumbing only: every request runs in a MedPLIBLabelLib job polled by a QTimer; MRML work is delegated to
     MedPLIBLabelLogic. The Server, sample/upload and Active learning handlers are in ServerSectionsMixin; shortcuts,
-    run on placement, Segment Editor, target and modes in InteractionMixin."""
+    run on placement, Segment Editor, target and modes in InteractionMixin; the promptable modes (LiteMedSAM, no
+    question; 3D from the prompts) in PromptableMixin."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -99,6 +103,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         self.statusRunner = JobRunner()  # training status polls, never blocks the user's requests
         self.history = ChatHistory()
         self.undoStack = UndoStack()
+        self.promptSession = InteractionSession()  # the promptable interaction whose mask a new click replaces
         self.pollTimer = None
         self.trainingTimer = None
         self.undoShortcut = None
@@ -156,6 +161,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         self.ui.questionLineEdit.connect("returnPressed()", self.onAsk)
         self.ui.segmentVolumeButton.connect("clicked()", self.onSegmentVolume)
         self.ui.reportButton.connect("clicked()", self.onReport)
+        self.ui.segment3DButton.connect("clicked()", self.onSegment3D)
         self.ui.undoButton.connect("clicked()", self.onUndo)
         self.ui.cancelButton.connect("clicked()", self.onCancel)
         self.ui.clearChatButton.connect("clicked()", self.onClearChat)
@@ -262,6 +268,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
     def onSceneStartClose(self, caller, event) -> None:
         self.runner.cancel()
         self.undoStack.clear()
+        self.promptSession.reset()
         self.history.clear()
         self.removePromptObservers()
         self.ui.progressWidget.hide()
@@ -316,6 +323,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         for placeWidget in self.placeWidgets().values():
             placeWidget.setPlaceModeEnabled(False)
         self.logic.clearPrompts()
+        self.promptSession.reset()  # the next click starts a new promptable interaction
         self.lastPromptView = None
         self.setupPromptNodes()  # the box node is recreated so that a new box can be drawn
 
@@ -399,7 +407,8 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         volume = self.ui.inputVolumeSelector.currentNode()
         states = button_states(connected=connected, busy=self.runner.busy, has_volume=volume is not None,
                                has_model=bool(self.ui.modelComboBox.currentText), can_undo=bool(self.undoStack),
-                               has_segmentation=self.ui.segmentationSelector.currentNode() is not None)
+                               has_segmentation=self.ui.segmentationSelector.currentNode() is not None,
+                               can_3d=mode_model(self.serverInfo, "box3d") is not None)
         for name, enabled in states.items():  # the names are checked against the .ui by the static tests
             getattr(self.ui, name).enabled = enabled
         imageId = self.logic.imageIdOf(volume, self.client.url if connected else None) if volume else None
@@ -431,8 +440,8 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         if volume is None:
             slicer.util.warningDisplay(_("Select or load a volume first."), windowTitle="MedPLIB Label")
             return
-        if (self.ui.modeComboBox.currentData or "ask") != "ask":
-            slicer.util.warningDisplay(_("This mode is not available yet."), windowTitle="MedPLIB Label")
+        if self.currentMode() in PROMPTABLE_MODES and task != "report":  # no question: the prompts alone
+            self.segmentPromptable(volume3d=self.currentMode() == "box3d" or scope == "volume")
             return
         question = self.ui.questionLineEdit.text.strip()
         segmentName = self.ui.segmentNameComboBox.currentText.strip()

@@ -25,9 +25,11 @@ Slicer. Public API (names kept stable for ``MedPLIBLabel.py`` and the ``MedPLIBL
 * refer:    RoiSpec, rois_from_boxes, roi_corners, history_params, MAX_HISTORY_TURNS, BOX_ATTR, stale_box_nodes
 * volume_io: write_nrrd, region_volume, check_label_geometry, LabelGeometryError
 * regions:  LassoPrompt (protocol), RegionMask, lasso_region, polygon_mask, internal_offset, write_plane_inplace,
-            restore_plane_inplace
+            restore_plane_inplace, read_plane_inplace
 * interaction: SHORTCUTS, shortcut_help, SETTINGS_DEFAULTS, settings_value, run_on_placement, TARGET_MODES,
             SegmentTarget, segment_targets, available_modes, next_segment_index
+* promptable: PROMPTABLE_MODES, mode_model, promptable_segment_name, build_promptable_params, Coverage,
+            parse_coverage, promptable_status, InteractionSession, covered_planes (LiteMedSAM models, no question)
 
 Typical flow in the Slicer module (MRML reads/writes on the main thread, HTTP in the job)::
 
@@ -62,7 +64,9 @@ from .refer import (BOX_ATTR, MAX_HISTORY_TURNS, RoiSpec, history_params, roi_co
                     rois_from_boxes, stale_box_nodes)
 from .volume_io import LabelGeometryError, check_label_geometry, region_volume, write_nrrd  # noqa: F401
 from .regions import (RegionMask, internal_offset, lasso_region, polygon_mask,  # noqa: F401
-                      restore_plane_inplace, write_plane_inplace)
+                      read_plane_inplace, restore_plane_inplace, write_plane_inplace)
+from .promptable import (PROMPTABLE_MODES, Coverage, InteractionSession, build_promptable_params,  # noqa: F401
+                         covered_planes, mode_model, parse_coverage, promptable_segment_name, promptable_status)
 from .interaction import (SETTINGS_DEFAULTS, SHORTCUTS, TARGET_MODES, SegmentTarget,  # noqa: F401
                           available_modes, next_segment_index, run_on_placement, segment_targets, settings_value,
                           shortcut_help)

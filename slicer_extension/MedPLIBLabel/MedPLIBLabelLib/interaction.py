@@ -60,10 +60,12 @@ RUN_ON_PLACEMENT_KINDS = ("positive", "negative", "box")  # strokes run once fin
 
 def run_on_placement(enabled: bool, kind: str, finished_stroke: bool = False, busy: bool = False,
                      connected: bool = True, has_volume: bool = True, question: str = "",
-                     segment_name: str = "") -> tuple[bool, str]:
+                     segment_name: str = "", mode: str = "ask") -> tuple[bool, str]:
     """Whether a prompt just placed re-runs the question at once, and why not. Clicks and boxes run on placement;
-    a scribble or lasso runs when it is finished. It needs something to ask (a question or a segment name), a
-    connection, a volume, and no running request (the placement is then not lost: Ask sends it)."""
+    a scribble or lasso runs when it is finished. It needs a connection, a volume, no running request (the
+    placement is then not lost: Ask sends it) and, in the "ask" mode, something to ask (a question or a segment
+    name). The "promptable" mode needs no text (the mask comes from the prompts alone); "box3d" never runs on
+    placement (propagating through the volume takes seconds: its button runs it)."""
     if not enabled:
         return False, ""
     if kind not in RUN_ON_PLACEMENT_KINDS and not (kind in ("scribble", "lasso") and finished_stroke):
@@ -72,6 +74,10 @@ def run_on_placement(enabled: bool, kind: str, finished_stroke: bool = False, bu
         return False, "connect to a server and select a volume to run on placement"
     if busy:
         return False, "a request is running; press Ask when it is done"
+    if mode == "box3d":
+        return False, "press 'Segment in 3D from these prompts' when the prompts are placed"
+    if mode == "promptable":
+        return True, ""
     if not (question.strip() or segment_name.strip()):
         return False, "type a question or choose a segment name to run on placement"
     return True, ""
@@ -124,10 +130,11 @@ def next_segment_index(count: int, current: int) -> int:
 
 
 # What the module can do with a server. "ask" (question + prompts, MedPLIB) is always there; the promptable and
-# 3D-from-one-box modes appear only when the server's /info announces them (config.medplib.modes or a model's
-# config "modes"): the server side of those modes is not built yet.
-MODE_TITLES = {"ask": "Ask MedPLIB (question + prompts)", "promptable": "Promptable segmentation (clicks, box)",
-               "box3d": "3D from one box"}
+# 3D modes appear when the server's /info announces them (config.medplib.modes or a model's config "modes": the
+# server's medplib_sam announces "promptable", medplib_sam_3d "box3d"; see promptable.mode_model).
+MODE_TITLES = {"ask": "Ask MedPLIB (question + prompts)",
+               "promptable": "Segment (promptable: clicks, box, scribble, lasso; no question)",
+               "box3d": "Segment in 3D from these prompts"}
 
 
 def available_modes(info: Any) -> list[tuple[str, str]]:

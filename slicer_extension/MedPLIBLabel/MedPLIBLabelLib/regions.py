@@ -17,7 +17,7 @@ from .geometry import point_on_view, ras_to_ijk, slice_axis_from_normal, slice_i
 from .protocol import LassoPrompt, PromptError
 
 __all__ = ["RegionMask", "plane_axes", "polygon_mask", "lasso_region", "internal_offset", "write_plane_inplace",
-           "restore_plane_inplace"]
+           "restore_plane_inplace", "read_plane_inplace"]
 
 
 @dataclass
@@ -144,3 +144,9 @@ def restore_plane_inplace(internal_kji: np.ndarray, previous: np.ndarray, axis: 
     """Put back a plane saved by :func:`write_plane_inplace`."""
     sl = _plane_slices(axis, index, offset, dims_ijk)
     internal_kji[sl] = np.asarray(previous).astype(internal_kji.dtype, copy=False)
+
+
+def read_plane_inplace(internal_kji: np.ndarray, label_value: int, axis: int, index: int, offset: Sequence[int],
+                       dims_ijk: Sequence[int]) -> np.ndarray:
+    """The segment's plane ``index`` (bool: voxels holding ``label_value``) in its internal labelmap."""
+    return np.asarray(internal_kji[_plane_slices(axis, index, offset, dims_ijk)]) == int(label_value)

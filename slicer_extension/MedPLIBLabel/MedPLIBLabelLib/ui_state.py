@@ -71,10 +71,12 @@ def user_message(exc: BaseException) -> str:
 
 
 def button_states(connected: bool, busy: bool, has_volume: bool, has_model: bool, can_undo: bool,
-                  has_segmentation: bool) -> dict[str, bool]:
-    """``{widget name in MedPLIBLabel.ui: enabled}`` for the widget's buttons."""
+                  has_segmentation: bool, can_3d: bool = False) -> dict[str, bool]:
+    """``{widget name in MedPLIBLabel.ui: enabled}`` for the widget's buttons. ``can_3d``: the server announces
+    the "box3d" mode (its promptable 3D model)."""
     ready = connected and not busy
     return {
+        "segment3DButton": ready and has_volume and can_3d,
         "testConnectionButton": not busy,
         "nextSampleButton": ready,
         "uploadVolumeButton": ready and has_volume,
@@ -138,12 +140,12 @@ def shown_question(question: str, segment_name: str = "", scope: str = "slice", 
 
 # Modules of MedPLIBLabelLib, dependencies first (tests/test_slicer_module_static.py checks every file is listed).
 LIB_MODULE_ORDER = ("errors", "codec", "geometry", "protocol", "results", "labels", "prompts", "ui_state", "jobs",
-                    "history", "refer", "volume_io", "regions", "interaction", "client", "tasks")
+                    "history", "refer", "volume_io", "regions", "interaction", "promptable", "client", "tasks")
 
 
 def reload_order(loaded: Iterable[str], lib: str = "MedPLIBLabelLib", slicer_pkg: str = "MedPLIBLabelSlicer",
                  slicer_order: Sequence[str] = ("parameters", "interaction", "logic", "server_sections",
-                                                "selftest")) -> list[str]:
+                                                "promptable", "selftest")) -> list[str]:
     """The loaded modules (``sys.modules`` names) to reload for the developer "Reload", dependencies first: the
     Lib's modules, the Lib package, then the Slicer-side package's modules and the package."""
     loaded = set(loaded)

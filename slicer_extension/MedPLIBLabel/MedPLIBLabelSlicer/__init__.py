@@ -4,6 +4,9 @@
             removeNodeWithHelpers
 * server_sections: ServerSectionsMixin, the widget's Server, sample/upload and Active learning handlers (mixed
             into MedPLIBLabelWidget)
+* interaction: InteractionMixin (shortcuts, run on placement, Segment Editor, target, modes) and the settings panel
+* promptable: PromptableMixin, the promptable modes (clicks / box / scribble / lasso -> mask without a question;
+            "Segment in 3D from these prompts")
 * selftest: MedPLIBLabelTest, the in-Slicer self-test (``MedPLIBLabel.py`` imports it so that Slicer finds
             ``MedPLIBLabelTest`` in the module's namespace)
 

@@ -119,7 +119,7 @@ class InteractionMixin:
                                     busy=self.runner.busy, connected=self.client is not None,
                                     has_volume=self.ui.inputVolumeSelector.currentNode() is not None,
                                     question=self.ui.questionLineEdit.text,
-                                    segment_name=self.ui.segmentNameComboBox.currentText)
+                                    segment_name=self.ui.segmentNameComboBox.currentText, mode=self.currentMode())
         if run:
             self.ask(scope="slice")
         elif why:

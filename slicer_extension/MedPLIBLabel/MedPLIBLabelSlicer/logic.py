@@ -13,12 +13,12 @@ import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from MedPLIBLabelLib import (BOX_ATTR, LassoPrompt, build_infer_params, check_label_geometry, choose_view,
-                             collect_prompts, history_params, internal_offset, label_outside_slice, label_values,
-                             lasso_region, masks_from_label, new_image_id, pick_segment_color, prompt_counts,
-                             prompt_points, restore_plane_inplace, roi_is_defined, rois_from_boxes, segment_targets,
-                             segments_to_label, shown_question, slice_axis_from_normal, slice_index,
-                             stale_box_nodes, write_plane_inplace, write_slice)
+from MedPLIBLabelLib import (BOX_ATTR, LassoPrompt, build_infer_params, build_promptable_params,
+                             check_label_geometry, choose_view, collect_prompts, covered_planes, history_params,
+                             internal_offset, label_outside_slice, label_values, lasso_region, masks_from_label, new_image_id, pick_segment_color,
+                             prompt_counts, prompt_points, read_plane_inplace, read_slice, restore_plane_inplace,
+                             roi_is_defined, rois_from_boxes, segment_targets, segments_to_label, shown_question,
+                             slice_axis_from_normal, slice_index, stale_box_nodes, write_plane_inplace, write_slice)
 from MedPLIBLabelSlicer.parameters import wrapParameterNode
 
 logger = logging.getLogger("MedPLIBLabel")
@@ -257,6 +257,23 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
                    "segmentName": segmentName}
         return params, context
 
+    def buildPromptableRequest(self, volume, sliceNode, prompts, segmentName, viewName="", volume3d=False,
+                               hasRegion=False):
+        """(params of medplib_sam / medplib_sam_3d, context) for the prompts on ``sliceNode``'s slice: no question;
+        3D answers change only the planes they cover (``coveredOnly``)."""
+        ijkToRas, parent, dims = self.volumeGeometry(volume)
+        sliceToRas = self.sliceToRas(sliceNode)
+        axis, _ = slice_axis_from_normal(ijkToRas, sliceToRas, parent)
+        index = slice_index(ijkToRas, sliceToRas, parent, dims=dims)
+        params = build_promptable_params(prompts, ijkToRas, sliceToRas, parent, dims=dims, segment_name=segmentName,
+                                         window=self.displayedWindow(volume), volume=volume3d, has_region=hasRegion)
+        shown = f"Segment {segmentName}" + (" in 3D" if volume3d else "") + f" [{len(prompts)} prompt(s)]"
+        context = {"volumeID": volume.GetID(), "axis": axis, "index": index,
+                   "scope": "volume" if volume3d else "slice", "coveredOnly": volume3d,
+                   "view": viewName or sliceNode.GetLayoutName(), "question": "", "shownQuestion": shown,
+                   "segmentName": segmentName}
+        return params, context
+
     # ------------------------------------------------------------------ datastore images
     @staticmethod
     def imageIdOf(volume, serverUrl):
@@ -362,11 +379,14 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
         segmentation.GetSegmentation().GetSegment(segmentId).Modified()
 
     def applyResult(self, result, context, segmentation, undoStack, group, serverLabels=None, targetMode="named",
-                    selectedSegmentId=None, showIn3D=False) -> dict:
+                    selectedSegmentId=None, showIn3D=False, interaction=None) -> dict:
         """Write the answer's masks into segments (``targetMode``: see Lib segment_targets) and push undo patches.
         Slice scope: only that plane changes, written in place into the segment's internal labelmap when it covers
         the volume (the undo patch is that plane); otherwise, and in volume scope, the segment is re-imported.
-        New segments get a stable or unused colour. Returns ``{segment name: voxels written}``."""
+        A promptable 3D answer (``context["coveredOnly"]``) changes only the planes its mask covers: in place with
+        one undo patch per plane, else re-imported. ``interaction`` (Lib InteractionSession, promptable slice
+        answers): the new mask replaces the previous mask of the same interaction, the segment's content from
+        before it is kept. New segments get a stable or unused colour. Returns ``{segment name: voxels written}``."""
         volume = slicer.mrmlScene.GetNodeByID(context["volumeID"])
         label = self.readLabelFile(result.label_path, volume)
         axis, index, scope = context["axis"], context["index"], context["scope"]
@@ -390,10 +410,21 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
                     used = [tuple(segments.GetNthSegment(i).GetColor()) for i in range(segments.GetNumberOfSegments())]
                     segmentId = segments.AddEmptySegment("", target.name,
                                                          pick_segment_color(target.mask_name, serverLabels, used))
-                inplace = None if target.create or scope != "slice" else self._internalPlane(segmentation,
-                                                                                               segmentId, volume)
-                if inplace is not None:
+                covered = context.get("coveredOnly") and scope != "slice"
+                inplace = None if target.create or (scope != "slice" and not covered) else self._internalPlane(
+                    segmentation, segmentId, volume)
+                key = (context["volumeID"], segmentation.GetID(), target.name, axis, index)
+                if inplace is not None and covered:
                     labelmap, array, value, offset, dims = inplace
+                    for j in covered_planes(mask, axis):  # one undo patch per touched plane
+                        previous = write_plane_inplace(array, read_slice(mask, axis, j), value, axis, j, offset, dims)
+                        undoStack.push(segmentId, axis, j, previous, group=group, offset=offset)
+                    self._internalModified(segmentation, segmentId, labelmap)
+                elif inplace is not None:
+                    labelmap, array, value, offset, dims = inplace
+                    if interaction is not None:
+                        mask = interaction.plane(key, read_plane_inplace(array, value, axis, index, offset, dims),
+                                                 mask)
                     previous = write_plane_inplace(array, mask, value, axis, index, offset, dims)
                     undoStack.push(segmentId, axis, index, previous, group=group, offset=offset)
                     self._internalModified(segmentation, segmentId, labelmap)
@@ -401,8 +432,14 @@ class MedPLIBLabelLogic(ScriptedLoadableModuleLogic):
                     arr = np.zeros(label.shape, np.uint8) if target.create else self.segmentArray(
                         segmentation, segmentId, volume)
                     if scope == "slice":
+                        if interaction is not None:
+                            mask = interaction.plane(key, read_slice(arr, axis, index) > 0, mask)
                         previous = write_slice(arr, mask.astype(np.uint8), axis, index)
                         undoStack.push(segmentId, axis, index, previous, group=group, created=target.create)
+                    elif covered:  # the covered planes replaced, the others kept; undo: the whole segment
+                        undoStack.push(segmentId, None, None, arr.copy(), group=group, created=target.create)
+                        for j in covered_planes(mask, axis):
+                            write_slice(arr, read_slice(mask, axis, j).astype(np.uint8), axis, j)
                     else:
                         undoStack.push(segmentId, None, None, arr.copy(), group=group, created=target.create)
                         arr[...] = mask

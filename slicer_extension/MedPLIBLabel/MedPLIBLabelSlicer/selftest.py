@@ -20,8 +20,9 @@ import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
-from MedPLIBLabelLib import (DEFAULT_URL, SLICE_TIMEOUT_S, VIEW_NAMES, ClientError, MedPLIBClient, ijk_to_ras,
-                             read_slice, slice_index, standard_slice_to_ras, user_message)
+from MedPLIBLabelLib import (DEFAULT_URL, SLICE_TIMEOUT_S, VIEW_NAMES, VOLUME_TIMEOUT_S, ClientError, MedPLIBClient,
+                             covered_planes, ijk_to_ras, mode_model, ras_to_ijk, read_slice, slice_index,
+                             standard_slice_to_ras, user_message)
 from MedPLIBLabelSlicer.logic import MedPLIBLabelLogic
 
 __all__ = ["MedPLIBLabelTest"]
@@ -41,6 +42,8 @@ class MedPLIBLabelTest(ScriptedLoadableModuleTest):
         self.test_MedPLIBLabel_BoxRois()
         self.setUp()
         self.test_MedPLIBLabel_AskAndUndo()
+        self.setUp()
+        self.test_MedPLIBLabel_PromptableBox()
 
     # ------------------------------------------------------------------ helpers
     def loadVolume(self):
@@ -236,3 +239,66 @@ class MedPLIBLabelTest(ScriptedLoadableModuleTest):
         widget.ui.askButton.click()  # again, to have a segment for Submit label
         self.pumpWidget(widget, SLICE_TIMEOUT_S)
         widget.onClearPrompts()
+
+    # ------------------------------------------------------------------ promptable modes, against a server
+    def test_MedPLIBLabel_PromptableBox(self) -> None:
+        """The promptable mode through the widget: a box on the Red slice -> a mask inside the box on that slice
+        only, without a question; a second run replaces the interaction's mask (not added); Ctrl+Z's handler;
+        then "Segment in 3D from these prompts" -> several slices and the coverage on the status line. Skipped
+        without a server, or when the server announces no promptable model."""
+        widget = self.connectedWidget()
+        logic, client = widget.logic, widget.client
+        if mode_model(widget.serverInfo, "promptable") is None:
+            self.skipTest("the server announces no promptable model (/info config.modes)")
+        volume = self.loadVolume()
+        widget.ui.inputVolumeSelector.setCurrentNode(volume)
+        widget.askUploadPermission = lambda: True
+        widget.uploadVolume()
+        self.pumpWidget(widget, 300)
+        imageId = logic.imageIdOf(volume, client.url)
+        self.assertTrue(imageId, "the upload did not record the server's image id")
+        try:
+            sliceNode, centre = self.redSliceNode(logic, volume)
+            widget.ui.modeComboBox.setCurrentIndex(widget.ui.modeComboBox.findData("promptable"))
+            self.assertEqual(widget.currentMode(), "promptable")
+            widget.ui.questionLineEdit.setText("")
+            widget.ui.segmentNameComboBox.setEditText("object")
+            widget.ui.promptViewComboBox.setCurrentText("Red")
+            widget.onClearPrompts()
+            box = logic.getPromptNode("box")
+            box.SetCenter(*centre)
+            box.SetSize(60.0, 60.0, 1.0)
+            slicer.app.processEvents()
+            widget.ui.askButton.click()  # what run on placement does after a box is drawn
+            self.pumpWidget(widget, SLICE_TIMEOUT_S)
+            segmentation = widget.ui.segmentationSelector.currentNode()
+            segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("object")
+            self.assertTrue(segmentId, "the promptable box created no 'object' segment")
+            ijkToRas, parent, dims = logic.volumeGeometry(volume)
+            index = slice_index(ijkToRas, logic.sliceToRas(sliceNode), parent, dims=dims)
+            arr = logic.segmentArray(segmentation, segmentId, volume)
+            onSlice = int(read_slice(arr, 2, index).sum())
+            self.assertGreater(onSlice, 0, "the promptable mask is empty on the box's slice")
+            self.assertEqual(int(arr.sum()), onSlice, "the promptable mask has voxels off the box's slice")
+            corners = ras_to_ijk([np.asarray(centre) - 31.0, np.asarray(centre) + 31.0], ijkToRas, parent)
+            lo, hi = corners.min(axis=0), corners.max(axis=0)
+            kk, jj, ii = np.nonzero(arr)
+            self.assertTrue(ii.min() >= lo[0] - 1 and ii.max() <= hi[0] + 1 and jj.min() >= lo[1] - 1
+                            and jj.max() <= hi[1] + 1, "the promptable mask leaves the box")
+            widget.ui.askButton.click()  # the same interaction again: its mask is replaced, never added to
+            self.pumpWidget(widget, SLICE_TIMEOUT_S)
+            self.assertEqual(int(logic.segmentArray(segmentation, segmentId, volume).sum()), onSlice)
+            widget.onUndo()  # back to the first mask of the interaction
+            self.assertEqual(int(logic.segmentArray(segmentation, segmentId, volume).sum()), onSlice)
+            if mode_model(widget.serverInfo, "box3d") is not None:
+                widget.ui.segment3DButton.click()
+                self.pumpWidget(widget, VOLUME_TIMEOUT_S)
+                arr3d = logic.segmentArray(segmentation, segmentId, volume)
+                self.assertGreater(len(covered_planes(arr3d, 2)), 1, "3D from the box covered one slice only")
+                self.assertIn("slice(s) covered", widget.ui.promptSummaryLabel.text)
+                widget.onUndo()  # every plane the 3D answer wrote comes back
+                self.assertEqual(int(logic.segmentArray(segmentation, segmentId, volume).sum()), onSlice)
+            widget.onClearPrompts()
+        finally:
+            client.remove_image(imageId)
+        self.delayDisplay("MedPLIB Label promptable box passed")
