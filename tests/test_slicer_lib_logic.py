@@ -349,8 +349,11 @@ def test_button_states():
                                   has_segmentation=True)
     assert idle["testConnectionButton"] and not any(v for k, v in idle.items() if k != "testConnectionButton")
     ready = ui_state.button_states(connected=True, busy=False, has_volume=True, has_model=True, can_undo=True,
-                                   has_segmentation=True)
+                                   has_segmentation=True, can_3d=True)
     assert all(v for k, v in ready.items() if k != "cancelButton") and not ready["cancelButton"]
+    # "Segment in 3D from these prompts" only when the server announces the box3d mode
+    assert not ui_state.button_states(connected=True, busy=False, has_volume=True, has_model=True, can_undo=True,
+                                      has_segmentation=True)["segment3DButton"]
     busy = ui_state.button_states(connected=True, busy=True, has_volume=True, has_model=True, can_undo=True,
                                   has_segmentation=True)
     assert {k for k, v in busy.items() if v} == {"cancelButton", "refreshTrainingButton"}

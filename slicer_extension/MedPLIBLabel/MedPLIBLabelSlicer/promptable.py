@@ -88,7 +88,11 @@ class PromptableMixin:
         volume3d = context["scope"] == "volume"
         written = {}
         try:
-            if volume is not None and segmentation is not None and result.has_masks:
+            # An empty mask from a later click of the interaction still replaces its previous mask (back to the
+            # segment's content from before the interaction); an empty first mask creates nothing.
+            replaces = (not volume3d and self.promptSession.active and bool(result.label_path)
+                        and bool(result.label_names))
+            if volume is not None and segmentation is not None and (result.has_masks or replaces):
                 self.turnCounter += 1
                 group = (context["segmentationID"], context["volumeID"], self.turnCounter)
                 written = self.logic.applyResult(result, context, segmentation, self.undoStack, group,
