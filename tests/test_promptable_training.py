@@ -52,6 +52,11 @@ def test_decoder_fine_tuning_improves_held_out_dice_and_publishes(sample_datasto
     on_disk = json.loads((model_dir / "train_stats.json").read_text())
     assert on_disk["task"] == "medplib_sam" and on_disk["status"] == "DONE" and len(on_disk["history"]) == 2
 
+    # resuming a finished run trains nothing more and keeps its history and best
+    again = run_promptable_training(_store(sample_datastore), model_dir, "t", cfg, resume=True, progress=False)
+    assert again["status"] == "DONE" and len(again["history"]) == 2 and again["best"] == stats["best"]
+    assert again["start_from"] == stats["history"][-1]["checkpoint"]
+
 
 def test_a_run_that_does_not_improve_publishes_nothing(sample_datastore, tmp_path):
     model_dir = tmp_path / "model"

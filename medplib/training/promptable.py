@@ -83,6 +83,7 @@ class PromptTrainConfig:
                   (self.min_pixels >= 1, "min_pixels must be >= 1"),
                   (0 <= self.click_rounds <= 8, "click_rounds must be 0..8"),
                   (0.0 <= self.box_jitter <= 0.25, "box_jitter must be 0..0.25"),
+                  (self.min_improvement >= 0, "min_improvement must be >= 0 (a run never publishes a worse model)"),
                   (self.select_on in SELECT_ON, f"select_on must be one of {', '.join(SELECT_ON)}"),
                   (self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device must be auto, cpu or cuda[:N]")]
         for ok, message in checks:
@@ -229,7 +230,7 @@ class PromptableFineTuner:
     def step(self, batch: list[tuple[LabelledSlice, np.ndarray]], rng: random.Random) -> float:
         """One optimiser step on a batch of objects: a jittered box, then the click rounds."""
         items, truths = [b[0] for b in batch], [b[1] for b in batch]
-        self.sam.train()
+        self.sam.eval()  # no dropout in SAM; the encoder's BatchNorm statistics stay as pretrained (tiny batches)
         emb = self._embeddings(items)
         boxes = [jittered_box(t, rng, self.cfg.box_jitter) for t in truths]
         low, iou = self._decode(emb, items, boxes)
@@ -310,10 +311,9 @@ def run_promptable_training(datastore, model_dir: str | os.PathLike, name: str =
                       "train_objects": sum(len(s.objects) for s in train),
                       "val_objects": sum(len(s.objects) for s in val), "phase": "embedding slices"})
         write_stats(paths, stats)
-        if not cfg.train_encoders:
-            tuner.embed(train + val, "embedding slices (frozen encoder)")
-        else:
-            tuner.embed(val, "embedding val slices")
+        finished = state is not None and len(state["history"]) >= cfg.epochs  # resumed a finished run: no work
+        if not finished and not cfg.train_encoders:  # a trained encoder re-embeds in every validation
+            tuner.embed(train + val, "embedding slices")
         if state is not None:  # resume: optimiser, history, baseline and best as they were
             opt_file = run_dir / "optimizer.pt"
             if opt_file.is_file():
