@@ -58,18 +58,32 @@ def test_decoder_fine_tuning_improves_held_out_dice_and_publishes(sample_datasto
     assert again["start_from"] == stats["history"][-1]["checkpoint"]
 
 
-def test_a_run_that_does_not_improve_publishes_nothing(sample_datastore, tmp_path):
+def test_a_run_that_does_not_improve_publishes_nothing_through_the_app(sample_datastore, tmp_path):
+    """MONAI Label's /info lists the task; app.train (what its training subprocess calls) routes to it; a run that
+    does not beat the served weights leaves them untouched, and /info train_stats shows it under medplib_sam only."""
+    from .app_client import monailabel_client
+
     model_dir = tmp_path / "model"
     published = model_dir / "lite_medsam" / "model.safetensors"
     published.parent.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in build_lite_medsam().state_dict().items()}, str(published))
     before = published.read_bytes()
-    cfg = PromptTrainConfig(epochs=1, min_improvement=1.0, **{**SMALL, "max_slices": 1, "max_val_slices": 1})
-    stats = run_promptable_training(_store(sample_datastore), model_dir, "t", cfg, resume=False, progress=False)
+    request = {"model": "medplib_sam", "epochs": "1", "axes": "2", "structures": "grey matter", "max_slices": "1",
+               "max_val_slices": "1", "click_rounds": "1", "batch_size": "1", "min_improvement": "1.0",
+               "name": "t", "resume": "false"}
+    with monailabel_client(sample_datastore, {"model": "tiny", "model_dir": str(model_dir)}) as (client, app_instance):
+        trainers = client.get("/info/").json()["trainers"]
+        assert {"medplib", "medplib_sam"} <= set(trainers)
+        config = trainers["medplib_sam"]["config"]
+        assert config["train_encoders"] is False and config["select_on"] == ["mean", "box", "click"]
+        assert {"epochs", "lr", "slice_step", "max_slices", "structures", "click_rounds"} <= set(config)
+        stats = app_instance().train(request)
+        shown = client.get("/info/").json()["train_stats"]
     assert stats["status"] == "DONE" and not stats["improved"] and stats["published"] is None
     assert stats["start_from"] == str(published)  # active learning continues from the served weights
     assert published.read_bytes() == before
     assert (model_dir / "runs" / "t" / "checkpoints" / "v0001" / "model.safetensors").is_file()
+    assert shown["medplib_sam"]["status"] == "DONE" and not shown.get("medplib")
 
 
 def test_unknown_structure_is_a_clear_error(sample_datastore, tmp_path):
@@ -96,15 +110,3 @@ def test_task_options_are_validated(request_, message, tmp_path):
                                     "train_encoders": "true", "unrelated_monailabel_key": 1})
     assert (cfg.epochs, cfg.axes, cfg.structures, cfg.train_encoders, req["resume"]) == (
         2, (2,), ("grey matter", "csf"), True, False)
-
-
-def test_task_is_listed_in_info(sample_datastore, tmp_path):
-    from .app_client import monailabel_client
-
-    with monailabel_client(sample_datastore, {"model": "tiny", "model_dir": str(tmp_path)}) as (client, _):
-        info = client.get("/info/").json()
-    trainers = info["trainers"]
-    assert {"medplib", "medplib_sam"} <= set(trainers)
-    config = trainers["medplib_sam"]["config"]
-    assert config["train_encoders"] is False
-    assert {"epochs", "lr", "slice_step", "max_slices", "structures", "click_rounds"} <= set(config)
