@@ -57,8 +57,6 @@ def test_iou_head_chooses_among_candidates_for_one_click(real_slice, sam):
     assert dice(out.mask, truth) > 0.05  # bare LiteMedSAM gives an empty mask for a click (Dice 0.00)
 
 
-@pytest.mark.xfail(reason="measured: our click refinement degrades after the first click (docs/promptable.md)",
-                   strict=False)
 def test_clicks_refine(real_slice):
     predictor, truth = real_slice
 

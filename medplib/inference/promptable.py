@@ -155,9 +155,54 @@ class PromptablePredictor:
         low = low[:, best:best + 1].float()
         full = lite_postprocess(low, feats.resized, feats.original_size)[0, 0].cpu().numpy()
         mask = full > self.threshold
-        if len(pts) and box is None:
-            mask = _keep_clicked(mask, pts, labels)
+        if len(pts) and self.click_box and text_embeds is None:
+            mask = self._follow_clicks(mask, pts, labels)
+            if box is None:
+                mask = _keep_clicked(mask, pts, labels)
+            full = np.where(mask, np.maximum(full, 1.0), np.minimum(full, -1.0))  # logits agree with the mask
         return PromptMask(mask, full.astype(np.float32), float(iou[0, best]), _as_mask_input(low), candidates)
+
+    def _follow_clicks(self, mask: np.ndarray, pts: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Make the mask obey every click, in order: a positive click outside it adds the object under the click,
+        a negative click inside it removes the object under the click (the part nearer to it than to any positive
+        click). LiteMedSAM was trained on boxes and ignores bare point prompts, so each correcting click is turned
+        into its own box prompt; without this, later clicks of a refinement series made the mask worse."""
+        mask = mask.copy()
+        pos = pts[labels == 1]
+        for (r, c), lab in zip(pts, labels):
+            inside = _at(mask, r, c)
+            if lab == 1 and not inside:
+                mask |= self._object_at(r, c)
+            elif lab == 0 and inside:
+                piece = self._object_at(r, c)
+                if len(pos):
+                    rows, cols = np.indices(mask.shape)
+                    d_neg = (rows - r) ** 2 + (cols - c) ** 2
+                    d_pos = np.min([(rows - pr) ** 2 + (cols - pc) ** 2 for pr, pc in pos], axis=0)
+                    piece &= d_neg < d_pos
+                mask &= ~piece
+                if not piece.any() or _at(mask, r, c):  # nothing found there: at least the click's own pixel goes
+                    mask[_pixel(mask.shape, r, c)] = False
+        return mask
+
+    def _object_at(self, r: float, c: float) -> np.ndarray:
+        """The object under one click: candidate boxes around it at `CLICK_SCALES`, the IoU head picks, and the
+        predicted piece that holds the click (empty if none does)."""
+        feats = self._require()
+        h, w = feats.original_size
+        frames = []
+        for scale in CLICK_SCALES:
+            half = scale * max(h, w)
+            corners = np.array([[max(c - half, 0.0), max(r - half, 0.0)],
+                                [min(c + half, w - 1.0), min(r + half, h - 1.0)]], np.float32)
+            frames.append(to_lite_frame(corners, feats.original_size).reshape(4))
+        boxes = torch.from_numpy(np.stack(frames)).to(feats.embedding.device)
+        low, iou = self.sam.decode(feats.embedding, boxes=boxes, multimask_output=False)
+        pick = int(iou[:, 0].argmax())
+        full = lite_postprocess(low[pick:pick + 1, :1].float(), feats.resized, feats.original_size)[0, 0].cpu().numpy()
+        comp, _ = ndimage.label(full > self.threshold)
+        at = comp[_pixel((h, w), r, c)]
+        return comp == at if at else np.zeros((h, w), bool)
 
     def _click_boxes(self, pts: np.ndarray, labels: np.ndarray, mask_input: Tensor | None) -> list:
         """Boxes for clicks alone: around the positive clicks at several sizes, or the previous mask's box grown
@@ -231,6 +276,15 @@ def _exclude(box, pts: np.ndarray, labels: np.ndarray) -> tuple[float, float, fl
                 continue
             break
     return float(x1), float(y1), float(x2), float(y2)
+
+
+def _pixel(shape: tuple[int, int], r: float, c: float) -> tuple[int, int]:
+    """The (row, col) index of a click, clamped into the image."""
+    return min(max(int(round(r)), 0), shape[0] - 1), min(max(int(round(c)), 0), shape[1] - 1)
+
+
+def _at(mask: np.ndarray, r: float, c: float) -> bool:
+    return bool(mask[_pixel(mask.shape, r, c)])
 
 
 def _keep_clicked(mask: np.ndarray, pts: np.ndarray, labels: np.ndarray) -> np.ndarray:
