@@ -165,12 +165,13 @@ def test_slicer_client_info_and_activelearning(slicer_client, studies):
 
 
 def test_slicer_client_deepgrow_segment_name(slicer_client, info, studies):
-    """A click on slice 90 with the segment "white matter" selected (no question): grounding of that name."""
+    """Clicks on slice 90 with the segment "white matter" selected and no question: the promptable path
+    (LiteMedSAM from the clicks; the name only names the segment, docs/params.md routing rules)."""
     k = 90
     base = {"label": "white matter", "foreground": [[98, 120, k]], "background": [[20, 20, k]]}
     result_file, out = slicer_infer(slicer_client, info, "medplib", "mni152_t1", base, slice_index=k)
     assert result_file and result_file.endswith(".nrrd")
-    assert out["task"] == "ground" and out["seg_count"] >= 1
+    assert out["task"] == "promptable" and out["seg_count"] == 1
     assert out["label_names"] == {"white matter": 1}
     assert out["prompts_used"]["foreground"] == 1 and out["prompts_used"]["background"] == 1
     assert_same_geometry(result_file, image_path(studies, "mni152_t1"))
@@ -195,13 +196,18 @@ def test_slicer_client_region_vqa(slicer_client, info, studies):
 
 
 def test_slicer_client_roi_grounding(slicer_client, info):
-    """A Slicer ROI ([i_a, i_b, j_a, j_b, k_a, k_b], corners in any order) refines the grounded mask."""
+    """A Slicer ROI ([i_a, i_b, j_a, j_b, k_a, k_b], corners in any order) with only the segment name: the
+    promptable mask from the box, inside the box, on that slice."""
     k = 90
     base = {"label": "white matter", "foreground": [], "background": []}
-    _, out = slicer_infer(slicer_client, info, "medplib", "mni152_t1",
-                          {**base, "roi": [150, 40, 190, 50, k, k]}, slice_index=k)
-    assert out["prompts_used"]["roi"] is True and out["task"] == "ground"
+    result_file, out = slicer_infer(slicer_client, info, "medplib", "mni152_t1",
+                                    {**base, "roi": [150, 40, 190, 50, k, k]}, slice_index=k)
+    assert out["prompts_used"]["roi"] is True and out["task"] == "promptable"
     assert out["label_names"] == {"white matter": 1}
+    label = read_ijk(result_file)
+    i, j, kk = np.nonzero(label)
+    assert len(i) and set(kk.tolist()) == {k}
+    assert i.min() >= 40 and i.max() <= 150 and j.min() >= 50 and j.max() <= 190
 
 
 def test_slicer_client_segmentation_model(slicer_client, info, studies):

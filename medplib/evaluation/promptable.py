@@ -30,6 +30,7 @@ from scipy import ndimage
 from skimage.measure import find_contours
 
 from medplib.evaluation.promptable_sets import SETS, EvalVolume, build_sets, largest_component, synthetic_ellipsoid
+from medplib.imaging.metrics import largest_error_region
 from medplib.imaging.regions import draw_polyline
 from medplib.inference.promptable import MASK_LOGIT, PromptablePredictor, mask_box, sample_stroke, slice_input
 from medplib.inference.propagate import Propagation, dice, first_slice_mask, propagate
@@ -125,15 +126,8 @@ def centre_of(region: np.ndarray) -> tuple[float, float]:
 
 def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[tuple[float, float], int] | None:
     """SAM-Med2D: the centre of the largest error region; positive if it was missed, negative if a false positive."""
-    best, best_size = None, 0
-    for region, label in ((truth & ~pred, 1), (pred & ~truth, 0)):
-        lab, n = ndimage.label(region)
-        if n:
-            sizes = np.bincount(lab.ravel())[1:]
-            i = int(np.argmax(sizes))
-            if sizes[i] > best_size:
-                best, best_size = (lab == i + 1, label), int(sizes[i])
-    return None if best is None else (centre_of(best[0]), best[1])
+    error = largest_error_region(pred, truth)
+    return None if error is None else (centre_of(error[0]), error[1])
 
 
 def click_series(model, truth: np.ndarray, n: int = max(CLICKS), use_mask: bool = True) -> list[float]:

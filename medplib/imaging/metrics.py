@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 
 def iou(pred: np.ndarray | None, target: np.ndarray) -> float:
@@ -29,3 +30,17 @@ def dice_from_iou(value: float) -> float:
 def dice(pred: np.ndarray | None, target: np.ndarray) -> float:
     """Dice computed as the original does, from the per-sample IoU."""
     return dice_from_iou(iou(pred, target))
+
+
+def largest_error_region(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """The largest connected error of a prediction (SAM-Med2D's click simulation): (region, 1) where the object
+    was missed, (region, 0) where it was falsely covered; None when the prediction is exact."""
+    best, best_size = None, 0
+    for region, label in ((truth & ~pred, 1), (pred & ~truth, 0)):
+        lab, n = ndimage.label(region)
+        if n:
+            sizes = np.bincount(lab.ravel())[1:]
+            i = int(np.argmax(sizes))
+            if sizes[i] > best_size:
+                best, best_size = (lab == i + 1, label), int(sizes[i])
+    return best

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
-import torch
 from scipy import ndimage
 from torch import Tensor
 
 from medplib.data.conversations import leaf_structures, load_slice, load_splits, split_of, structures_of
 from medplib.data.volumes import auto_window, read_volume
+from medplib.imaging.metrics import largest_error_region
 from medplib.imaging.preprocess import Window
 from medplib.inference.promptable import CLICK_SCALES, mask_box, slice_input
 from medplib.model.lite_medsam import lite_pixel_values
@@ -156,15 +156,8 @@ def centre_point(region: np.ndarray) -> tuple[float, float]:
 
 def error_click(pred: np.ndarray, truth: np.ndarray, rng: random.Random) -> tuple[tuple[float, float], int] | None:
     """A random point in the largest error region: label 1 if the object was missed there, 0 if falsely covered."""
-    best, best_size = None, 0
-    for region, label in ((truth & ~pred, 1), (pred & ~truth, 0)):
-        lab, n = ndimage.label(region)
-        if n:
-            sizes = np.bincount(lab.ravel())[1:]
-            i = int(np.argmax(sizes))
-            if sizes[i] > best_size:
-                best, best_size = (lab == i + 1, label), int(sizes[i])
-    return None if best is None else (random_point(best[0], rng), best[1])
+    error = largest_error_region(pred, truth)
+    return None if error is None else (random_point(error[0], rng), error[1])
 
 
 def click_box(points: np.ndarray, labels: np.ndarray, hw: tuple[int, int], rng: random.Random,
