@@ -25,7 +25,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadab
 from slicer.util import VTKObservationMixin
 
 from MedPLIBLabelLib import (POLL_MS, PROMPTABLE_MODES, SLICE_TIMEOUT_S, VIEW_NAMES, VOLUME_TIMEOUT_S, ChatHistory,
-                             InteractionSession, JobRunner, LabelGeometryError, ObliqueSliceError, PromptError,
+                             InteractionSession, JobRunner, ObliqueSliceError, PromptError,
                              SliceOutsideVolumeError, UndoStack, Unauthorized, button_states, discard_result,
                              image_id_text, infer_with_region, make_temp_dir, mode_model, prompt_summary, reload_order,
                              remove_file, remove_temp_dir, user_message)
@@ -502,7 +502,7 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         except Exception as exc:
             logger.exception("applying the answer failed")
             slicer.util.errorDisplay(_("The answer arrived but its mask could not be applied:") + "\n" +
-                                     (user_message(exc) if isinstance(exc, LabelGeometryError) else str(exc)),
+                                     user_message(exc),
                                      windowTitle="MedPLIB Label")
         finally:
             if result.label_path:

@@ -12,7 +12,7 @@ import logging
 
 import slicer
 
-from MedPLIBLabelLib import (PROMPTABLE_MODES, SLICE_TIMEOUT_S, VOLUME_TIMEOUT_S, LabelGeometryError,
+from MedPLIBLabelLib import (PROMPTABLE_MODES, SLICE_TIMEOUT_S, VOLUME_TIMEOUT_S,
                              ObliqueSliceError, PromptError, SliceOutsideVolumeError, infer_with_region, mode_model,
                              promptable_segment_name, promptable_status, remove_file, user_message)
 from MedPLIBLabelSlicer.interaction import _, readSetting
@@ -106,7 +106,7 @@ class PromptableMixin:
         except Exception as exc:
             logger.exception("applying the promptable mask failed")
             slicer.util.errorDisplay(_("The mask arrived but could not be applied:") + "\n" +
-                                     (user_message(exc) if isinstance(exc, LabelGeometryError) else str(exc)),
+                                     user_message(exc),
                                      windowTitle="MedPLIB Label")
         finally:
             if result.label_path:
