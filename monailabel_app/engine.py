@@ -27,7 +27,7 @@ from medplib.inference.predictor import Answer, MedPLIBPredictor
 from medplib.model.lora import merge_lora
 
 from .batcher import ModelBatcher
-from .promptable_engine import PromptableEngine
+from .promptable_engine import PromptableEngine, sam_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class EngineSettings:
     batch_wait_ms: float = 5.0  # how long a batch waits for more requests once the model is free
     compile: str = "none"  # torch.compile: none | llm (decoder layers) | all (+ vision towers, mask decoder)
     seg_state: str = "predicting"  # <SEG> prompt state: predicting | release (`MedPLIBConfig.seg_state`)
+    sam_dtype: str = "auto"  # promptable LiteMedSAM: auto (bf16 where native) | float32 | bfloat16
 
     def to_info(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.__dict__.items() if v is not None}
@@ -94,7 +95,8 @@ class MedPLIBEngine:
         self.load_seconds: float | None = None
         self._batcher = None
         # LiteMedSAM (promptable segmentation): its own lazy model, embeddings in the same slice LRU.
-        self.sam = PromptableEngine(settings.model_dir, self.device, self.features, self.lock)
+        self.sam = PromptableEngine(settings.model_dir, self.device, self.features, self.lock,
+                                    sam_dtype(settings.sam_dtype, self.device))
 
     # ------------------------------------------------------------------ model
     def published_dir(self) -> Path | None:

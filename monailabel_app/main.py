@@ -19,6 +19,8 @@
                   worth it on GPU for long sessions, the first requests pay the compilation
   seg_state       which hidden state becomes the <SEG> prompt: `predicting` (default, the state training
                   supervises) or `release` (the release commit's evaluate(); docs/fidelity.md)
+  sam_dtype       the promptable LiteMedSAM's dtype: `auto` (default: bf16 on a GPU or a CPU with
+                  native bf16, AVX512-BF16 / AMX; same box Dice as fp32, bench/promptable_bench.py), `float32`, `bfloat16`
   labels          JSON list of structure names offered to Slicer (default brain, grey matter, white matter, csf, target);
                   any name of the brain vocabulary (`config.medplib.vocabulary` in /info) may be used
   dicomweb_filter       with --studies http(s)://.../dicom-web: QIDO series filter as JSON
@@ -90,6 +92,7 @@ def engine_settings(app_dir: str, conf: dict[str, str]) -> EngineSettings:
         batch_wait_ms=number("batch_wait_ms", 5.0, float),
         compile=choice("compile", "none", ("none", "llm", "all")),
         seg_state=choice("seg_state", "predicting", SEG_STATES),
+        sam_dtype=choice("sam_dtype", "auto", ("auto", "float32", "bfloat16")),
     )
 
 

@@ -41,12 +41,33 @@ class CachedEmbedding:
         return emb.numel() * emb.element_size()
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs natively: a GPU that supports it, or a CPU with AVX512-BF16 / AMX (elsewhere it is
+    emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def sam_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The LiteMedSAM dtype of `--conf sam_dtype`: auto = bf16 where it is native, else fp32."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
 class PromptableEngine:
     """The LiteMedSAM model and its slice embeddings; thread-safe through the app engine's lock."""
 
-    def __init__(self, model_dir: str, device: torch.device, cache, lock: threading.RLock):
+    def __init__(self, model_dir: str, device: torch.device, cache, lock: threading.RLock,
+                 dtype: torch.dtype = torch.float32):
         self.model_dir = Path(model_dir)
         self.device = device
+        self.dtype = dtype
         self.cache = cache  # the app engine's FeatureCache (shared memory bound)
         self.lock = lock
         self._sam: SamMed2D | None = None
@@ -91,7 +112,7 @@ class PromptableEngine:
         else:
             sam = build_lite_medsam(pretrained=False)
             sam.load_state_dict(load_file(str(path)), strict=True)
-        return sam.to(self.device, torch.float32).eval()
+        return sam.to(self.device, self.dtype).eval()
 
     def predictor(self, threshold_logit: float = 0.0) -> PromptablePredictor:
         return PromptablePredictor(self.model(), threshold=threshold_logit)
@@ -133,4 +154,5 @@ class PromptableEngine:
 
     def stats(self) -> dict:
         return {"source": self.source() if self._loaded is None else self._loaded[0], "loaded": self._sam is not None,
-                "loads": self.loads, "slices_encoded": self.encoded, "cache_hits": self.hits}
+                "loads": self.loads, "slices_encoded": self.encoded, "cache_hits": self.hits,
+                "dtype": str(self.dtype).replace("torch.", "")}

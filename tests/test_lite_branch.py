@@ -128,3 +128,21 @@ def test_mask_phase_keeps_the_pretrained_encoder_and_trains_prompt_layer_and_dec
     assert mask_phase_prefixes(frozen) == ("model.text_hidden_fcs",)
     with pytest.raises(ValueError, match="mask_branch"):
         TrainConfig(mask_branch="sam2")
+
+
+def test_mask_phase_can_train_the_neck_on_cached_trunk_features(tiny_lite, tmp_path):
+    """`mask_train_neck`: the TinyViT trunk stays as the wheel gave it, its neck and the prompt encoder learn."""
+    model, tok = tiny_lite
+    cfg = TrainConfig(stage="ground", epochs=0, mask_epochs=1, mask_batch_size=2, val_samples=2,
+                      lora=LoraSettings(r=2, alpha=4), mask_branch="lite_medsam", mask_train_neck=True,
+                      mask_train_prompt_encoder=True)
+    assert "model.visual_model.image_encoder.neck" in mask_phase_prefixes(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    Trainer(model, tok, cfg, tmp_path, _examples(model, tok), [], save=lambda m, p: None, progress=False).run()
+    after = model.state_dict()
+    trunk = [k for k in before if k.startswith("model.visual_model.image_encoder") and ".neck." not in k]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)
+    for prefix in ("model.visual_model.image_encoder.neck", "model.visual_model.prompt_encoder.no_mask_embed"):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)), prefix
+    with pytest.raises(ValueError, match="mask_train_neck"):
+        TrainConfig(mask_train_neck=True)

@@ -135,8 +135,11 @@ def sample_region(rng: random.Random, label_plane: np.ndarray, leaves: dict[str,
 
 
 def slice_conversations(rng: random.Random, image_id: str, view: SliceView, info: dict,
-                        label_view: np.ndarray | None, span: int, kinds: Iterable[str]) -> list[Conversation]:
-    """All conversations for one prepared slice (labels given on the model plane)."""
+                        label_view: np.ndarray | None, span: int, kinds: Iterable[str],
+                        per_slice: int | None = None) -> list[Conversation]:
+    """All conversations for one prepared slice (labels given on the model plane); with `per_slice`, grounding
+    and region questions about at most that many structures each, drawn at random among those on the slice (an
+    atlas names a hundred structures per slice)."""
     out: list[Conversation] = []
     axis, index = view.mapper.axis, view.mapper.index
     rgb = view.rgb
@@ -151,18 +154,24 @@ def slice_conversations(rng: random.Random, image_id: str, view: SliceView, info
         return _with_rgb(out, rgb)
     structures = structures_of(info)
     if "ground" in kinds:
-        for name, values in structures.items():
-            mask = np.isin(label_view, values)
-            if mask.sum() >= MIN_STRUCTURE_PIXELS:
-                zh = rng.random() < ZH_FRACTION
-                question = rng.choice(GROUND_TEMPLATES_ZH if zh else GROUND_TEMPLATES).format(
-                    label=to_zh(name) if zh else name)
-                out.append(Conversation(image_id, axis, index, "ground", question,
-                                        GROUND_ANSWER_ZH if zh else GROUND_ANSWER, name, masks=[mask],
-                                        lang="zh" if zh else "en"))
+        present = [(name, mask) for name, values in structures.items()
+                   if (mask := np.isin(label_view, values)).sum() >= MIN_STRUCTURE_PIXELS]
+        if per_slice is not None and len(present) > per_slice:
+            present = rng.sample(present, per_slice)
+        for name, mask in present:
+            zh = rng.random() < ZH_FRACTION
+            question = rng.choice(GROUND_TEMPLATES_ZH if zh else GROUND_TEMPLATES).format(
+                label=to_zh(name) if zh else name)
+            out.append(Conversation(image_id, axis, index, "ground", question,
+                                    GROUND_ANSWER_ZH if zh else GROUND_ANSWER, name, masks=[mask],
+                                    lang="zh" if zh else "en"))
     if "region" in kinds:
         leaves = leaf_structures(structures)
-        for name in leaves:
+        names = list(leaves)
+        if per_slice is not None:  # (only then: the default recipe's random draws stay as they were)
+            names = [n for n in names if np.isin(label_view, leaves[n]).sum() >= MIN_STRUCTURE_PIXELS]
+            names = rng.sample(names, min(per_slice, len(names)))
+        for name in names:
             kind = rng.choice(("point", "box", "scribble"))
             region = sample_region(rng, label_view, leaves, span, kind, name)
             if region is not None:
@@ -183,8 +192,9 @@ def _with_rgb(convs: list[Conversation], rgb: np.ndarray) -> list[Conversation]:
 def build_conversations(datastore, split: str = "train", seed: int = 0, slice_step: int = 1,
                         kinds: Iterable[str] = ("ground", "region", "vqa"), span: int = 20,
                         unlabelled_slices: int = 3, min_brain_fraction: float = 0.02,
-                        image_ids: Iterable[str] | None = None) -> list[Conversation]:
-    """Conversations over every labelled image's slices of the requested split, on all three axes.
+                        image_ids: Iterable[str] | None = None, per_slice: int | None = None) -> list[Conversation]:
+    """Conversations over every labelled image's slices of the requested split, on all three axes (`per_slice`:
+    see `slice_conversations`).
 
     Unlabelled images contribute closed VQA on a few slices (metadata is not a label) to the train split only.
     """
@@ -216,5 +226,5 @@ def build_conversations(datastore, split: str = "train", seed: int = 0, slice_st
                 label_view = view.mapper.extract_labels(label)
                 if (label_view > 0).mean() < min_brain_fraction:
                     continue
-                out += slice_conversations(rng, image_id, view, info, label_view, span, kinds)
+                out += slice_conversations(rng, image_id, view, info, label_view, span, kinds, per_slice)
     return out

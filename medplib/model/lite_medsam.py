@@ -129,3 +129,13 @@ def give_lite_medsam(model: nn.Module) -> bool:
     fcs = model.model.text_hidden_fcs[0]
     fcs[2] = nn.Linear(fcs[2].in_features, model.config.sam.out_chans).to(ref.device, ref.dtype)
     return True
+
+
+def tinyvit_trunk(encoder: nn.Module, pixels: Tensor) -> Tensor:
+    """TinyViT up to its neck: [B, 3, 256, 256] -> [B, 320, 64, 64]. A mask phase that trains only the neck caches
+    this and runs `encoder.neck` per step (the trunk holds 90 % of the encoder's compute)."""
+    x = encoder.layers[0](encoder.patch_embed(pixels))
+    for layer in encoder.layers[1:]:
+        x = layer(x)
+    side = IMAGE_SIZE // 4
+    return x.view(x.shape[0], side, side, x.shape[-1]).permute(0, 3, 1, 2)

@@ -54,6 +54,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mask-lr", type=float, default=RECIPE["mask_lr"], help="learning rate of the mask phase")
     parser.add_argument("--frozen-decoder", action="store_true",
                         help="the mask phase trains only the <SEG> -> prompt MLP, not the mask decoder")
+    parser.add_argument("--mask-prompt-encoder", action="store_true",
+                        help="the mask phase trains the mask branch's prompt encoder too")
+    parser.add_argument("--mask-neck", action="store_true",
+                        help="LiteMedSAM: the mask phase trains the image encoder's neck on cached trunk features")
+    parser.add_argument("--start", default="small",
+                        help="what to start from: the preset (default) or a checkpoint folder, e.g. a run's last")
+    parser.add_argument("--extra-studies", nargs="*", default=[],
+                        help="more datastores to train on, e.g. sample_data/atlas_datastore (make atlas-data)")
+    parser.add_argument("--extra-slice-step", type=int, default=12)
+    parser.add_argument("--per-slice", type=int, default=3,
+                        help="structures asked about per slice of an extra datastore (grounding and region each)")
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -63,12 +74,15 @@ def main(argv: list[str] | None = None) -> None:
                          "mask_epochs": args.mask_epochs, "val_samples": args.val_samples, "lr": args.lr, "pack_turns": args.pack,
                          "region_pixel_dim": args.region_pixels, "train_encoders": not args.frozen_encoders,
                          "seed": args.seed, "mask_branch": args.mask_branch,
-                         "mask_train_decoder": not args.frozen_decoder, "mask_lr": args.mask_lr})
+                         "mask_train_decoder": not args.frozen_decoder, "mask_lr": args.mask_lr,
+                         "mask_train_prompt_encoder": args.mask_prompt_encoder, "mask_train_neck": args.mask_neck})
     datastore = LocalDatastore(args.studies, auto_reload=False)
     paths = RunPaths(Path(args.model_dir), args.name, "small")
     t0 = time.time()
-    stats = run_training(datastore, "small", paths, cfg, slice_step=args.slice_step, val_slice_step=6,
-                         resume=not args.no_resume, progress=True, ground_slice_step=args.ground_slice_step)
+    stats = run_training(datastore, args.start, paths, cfg, slice_step=args.slice_step, val_slice_step=6,
+                         resume=not args.no_resume, progress=True, ground_slice_step=args.ground_slice_step,
+                         extra=[LocalDatastore(p, auto_reload=False) for p in args.extra_studies],
+                         extra_slice_step=args.extra_slice_step, per_slice=args.per_slice)
     print(json.dumps({"minutes": round((time.time() - t0) / 60, 1), "best_val_score": stats["best_val_score"],
                       "published": stats.get("published"), "threads": torch.get_num_threads()}, indent=1))
 

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -163,11 +163,14 @@ def write_stats(paths: RunPaths, stats: dict) -> None:
 def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, slice_step: int = 4,
                  val_slice_step: int = 6, resume: bool = True, progress: bool = True,
                  should_stop: Callable[[], bool] | None = None,
-                 ground_slice_step: int | None = None) -> dict[str, Any]:
+                 ground_slice_step: int | None = None, extra: Sequence[Any] = (), extra_slice_step: int = 12,
+                 per_slice: int | None = 3) -> dict[str, Any]:
     """Build conversations from the datastore's final labels and train; returns the stats.
 
     `ground_slice_step`: slice step of the grounding conversations (default `slice_step`): the mask phase runs
     the LLM once per grounding conversation, so it stays affordable while the questions use every slice.
+    `extra`: more datastores to train on (e.g. the multi-atlas brains), every `extra_slice_step`-th slice, at
+    most `per_slice` structures asked about per slice; validation stays on `datastore`'s held-out slices.
     """
     start = time.time()
     (model, tokenizer), spec = load_start_model(model_spec, paths, resume)
@@ -186,6 +189,11 @@ def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, 
     else:
         train_convs = build_conversations(datastore, "train", seed=cfg.seed, slice_step=slice_step, kinds=kinds,
                                           span=span)
+    for more in extra:
+        added = build_conversations(more, "train", seed=cfg.seed, slice_step=extra_slice_step, kinds=kinds,
+                                    span=span, per_slice=per_slice)
+        logger.info("%d training conversations from %s", len(added), getattr(more, "_datastore_path", more))
+        train_convs += added
     val_convs = build_conversations(datastore, "val", seed=cfg.seed + 1, slice_step=val_slice_step, kinds=kinds,
                                     span=span)
     if not train_convs:

@@ -26,6 +26,7 @@ from medplib.inference.predictor import MedPLIBPredictor
 from medplib.model.config import LossWeights
 from medplib.model.lora import LoraSettings, add_lora
 from medplib.model.losses import TrainSample, dice_loss, expand_labels, sigmoid_bce
+from medplib.model.lite_medsam import tinyvit_trunk
 from medplib.model.mask_io import mask_branch_logits
 from medplib.model.modeling import MedPLIBForCausalLM
 from medplib.model.moe import moe_layers
@@ -57,6 +58,8 @@ class TrainConfig:
     region_pixel_dim: int = 0  # > 0: give a start model without it the fine region branch (`medplib.model.region_pixels`)
     mask_branch: str = ""  # "lite_medsam": give a start model without it LiteMedSAM as its mask branch
     mask_train_decoder: bool = True  # the mask phase trains the mask decoder too (else only <SEG> -> prompt)
+    mask_train_prompt_encoder: bool = False  # ... and the prompt encoder (its no-mask embedding and point tokens)
+    mask_train_neck: bool = False  # LiteMedSAM: ... and the image encoder's neck, on cached TinyViT trunk features
 
     def __post_init__(self) -> None:
         if self.pack_turns < 1:
@@ -65,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"region_pixel_dim must be >= 0, got {self.region_pixel_dim}")
         if self.mask_branch not in ("", "lite_medsam"):
             raise ValueError(f"mask_branch must be '' or 'lite_medsam', got {self.mask_branch!r}")
+        if self.mask_train_neck and self.mask_branch != "lite_medsam":
+            raise ValueError("mask_train_neck needs mask_branch='lite_medsam' (the neck of LiteMedSAM's TinyViT)")
         if self.fsdp and self.mask_epochs:
             raise ValueError("fsdp and mask_epochs cannot be combined: the cached-<SEG> mask phase runs on one "
                              "device; run it as a second (DDP or single-process) training job")
@@ -261,8 +266,11 @@ class Trainer:
         for name, p in model.named_parameters():  # only the mask branch learns here
             p.requires_grad_(name.startswith(prefixes))
         params = [p for p in model.parameters() if p.requires_grad]
-        frozen_encoder = not any(p.requires_grad for p in model.model.visual_model.image_encoder.parameters())
-        cache = _cache_seg_states(model, ground, self.progress, self.should_stop, frozen_encoder)
+        encoder = model.model.visual_model.image_encoder
+        neck = encoder.neck if self.cfg.mask_train_neck else None
+        frozen_trunk = not any(p.requires_grad for n, p in encoder.named_parameters()
+                               if not (neck is not None and n.startswith("neck.")))
+        cache = _cache_seg_states(model, ground, self.progress, self.should_stop, frozen_trunk, neck is not None)
         if cache is None:
             return False
         opt = torch.optim.AdamW(params, lr=self.cfg.mask_lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -297,17 +305,23 @@ def mask_phase_prefixes(cfg: TrainConfig) -> tuple[str, ...]:
     out = ["model.text_hidden_fcs"]
     if cfg.mask_train_decoder:
         out.append("model.visual_model.mask_decoder")
+    if cfg.mask_train_prompt_encoder:
+        out.append("model.visual_model.prompt_encoder")
+    if cfg.mask_train_neck:
+        out.append("model.visual_model.image_encoder.neck")
     if cfg.train_encoders:
         out += ["model.visual_model.image_encoder", "model.visual_model.prompt_encoder"]
-    return tuple(out)
+    return tuple(dict.fromkeys(out))
 
 
 def _cache_seg_states(model, examples: list[Example], progress: bool, should_stop,
-                      cache_embedding: bool = False) -> list[tuple] | None:
-    """(sam_pixels, resize, original_size, seg hidden [n,H], gt masks) per grounding example, LLM in no_grad.
+                      cache_embedding: bool = False, trunk_only: bool = False) -> list[tuple] | None:
+    """(sam_pixels, resize, original_size, seg hidden [n,H], gt masks, what the image is) per grounding example,
+    LLM in no_grad.
 
     With `cache_embedding` (a frozen image encoder) the mask branch's image embedding replaces the pixels, so
-    each mask step runs only the prompt encoder and the decoder."""
+    each mask step runs only the prompt encoder and the decoder; with `trunk_only` too, LiteMedSAM's TinyViT
+    features before its neck are cached and each step runs the neck as well."""
     out = []
     embeddings: dict[tuple, torch.Tensor] = {}  # one encoder run per slice, shared by its conversations
     model.eval()
@@ -326,15 +340,31 @@ def _cache_seg_states(model, examples: list[Example], progress: bool, should_sto
             image = s.sam_pixels
             if cache_embedding:
                 if not ex.key or ex.key not in embeddings:
-                    embeddings[ex.key or id(ex)] = model.encode_sam(s.sam_pixels[None])[0].half().cpu()
+                    embeddings[ex.key or id(ex)] = _frozen_features(model, s.sam_pixels[None], trunk_only)
                 image = embeddings[ex.key or id(ex)]
-        out.append((image, s.resize, s.original_size, hidden[0, seg_pos].detach(), s.gt_masks, cache_embedding))
+        kind = ("trunk" if trunk_only else "embedding") if cache_embedding else "pixels"
+        out.append((image, s.resize, s.original_size, hidden[0, seg_pos].detach(), s.gt_masks, kind))
     return out
+
+
+def _frozen_features(model, pixels: torch.Tensor, trunk_only: bool) -> torch.Tensor:
+    """What the mask phase caches per slice for a frozen encoder (fp16 on the CPU: ~2.6 MB for a trunk)."""
+    if not trunk_only:
+        return model.encode_sam(pixels)[0].half().cpu()
+    encoder = model.model.visual_model.image_encoder
+    return tinyvit_trunk(encoder, pixels.to(model.device, next(encoder.parameters()).dtype))[0].half().cpu()
 
 
 def _mask_step(model, items: list[tuple], w: dict) -> torch.Tensor:
     images = torch.stack([it[0] for it in items]).to(model.device)
-    emb = images.to(model.dtype) if items[0][5] else model.encode_sam(images)
+    kind = items[0][5]
+    if kind == "pixels":
+        emb = model.encode_sam(images)
+    elif kind == "trunk":
+        neck = model.model.visual_model.image_encoder.neck
+        emb = neck(images.to(next(neck.parameters()).dtype))
+    else:
+        emb = images.to(model.dtype)
     total = emb.new_zeros((), dtype=torch.float32)
     count = 0
     for i, (_, resize, size, hidden, gt, _) in enumerate(items):
