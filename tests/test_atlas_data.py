@@ -8,14 +8,16 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from monailabel.datastore.local import LocalDatastore
 
 from medplib.data import atlas_brains
-from medplib.data.conversations import load_splits, split_of
+from medplib.data.conversations import build_conversations, load_splits, split_of
 from medplib.data.volumes import read_volume
 from medplib.data.vocabulary import side_of, volume_affine, vocabulary
 
@@ -187,3 +189,17 @@ def test_vocabulary_evaluation_runs_end_to_end_with_the_default_model(stores, tm
     assert (tmp_path / "dice_per_structure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "report.md").read_text()
     assert "left cerebellar cortex" in md and "brain Dice, with skull (EN)" in md
+
+
+@needs_atlases
+def test_per_slice_caps_the_structures_asked_about_on_an_atlas_slice(stores):
+    """An atlas names ~100 structures per slice; training asks about at most `per_slice` of them (each kind)."""
+    train, _ = stores
+    ds = LocalDatastore(str(train), auto_reload=False)
+    ids = [i for i in ds.list_images() if "aal3" in i][:1]
+    capped = build_conversations(ds, "train", slice_step=40, kinds=["ground", "region"], per_slice=2, image_ids=ids)
+    full = build_conversations(ds, "train", slice_step=40, kinds=["ground"], image_ids=ids)
+    per = Counter((c.axis, c.index, c.kind) for c in capped)
+    assert capped and max(per.values()) <= 2
+    assert len([c for c in capped if c.kind == "ground"]) < len(full)
+    assert all(c.masks[0].any() for c in capped if c.kind == "ground")
