@@ -29,8 +29,10 @@ NEVER = StopRule(min_iou=-1.0, min_similarity=-2.0, min_area_ratio=0.0, max_area
                  min_area=1)
 
 
-def traces(sam, vol, structure: str, batch: int = 4, margin: float = 0.05, cache: dict | None = None):
-    """Signals of a never-stopping run, and the naive baseline's 3D Dice on the same cached embeddings."""
+def traces(sam, vol, structure: str, batch: int = 4, margin: float = 0.05, cache: dict | None = None,
+           with_naive: bool = True):
+    """Signals of a never-stopping run, and the naive baseline's 3D Dice (None unless `with_naive`; it does not
+    depend on the margin) on the same cached embeddings."""
     truth = vol.structures[structure]
     start = int(np.argmax(truth.sum(axis=(1, 2))))
     predictor = PromptablePredictor(sam)
@@ -39,9 +41,11 @@ def traces(sam, vol, structure: str, batch: int = 4, margin: float = 0.05, cache
     cache = {} if cache is None else cache
     propagate(predictor, lambda k: vol.array[k], len(vol.array), start, first, vol.window, rule=NEVER, batch=batch,
               trace=trace, cache=cache, margin=margin)
-    naive = propagate(predictor, lambda k: vol.array[k], len(vol.array), start, first, vol.window, batch=batch,
-                      naive=True, cache=cache)
-    naive_dice = dice(naive.volume(len(vol.array), truth.shape[1:]), truth)
+    naive_dice = None
+    if with_naive:
+        naive = propagate(predictor, lambda k: vol.array[k], len(vol.array), start, first, vol.window, batch=batch,
+                          naive=True, cache=cache)
+        naive_dice = dice(naive.volume(len(vol.array), truth.shape[1:]), truth)
     for t in trace:
         t["has_object"] = bool(truth[t["slice"]].any())
         t["dice"] = dice(t["mask"], truth[t["slice"]])
@@ -78,11 +82,13 @@ def main() -> None:
     for vol, structure in cases:
         t0 = time.perf_counter()
         cache: dict = {}
-        for margin in args.margins:
-            truth, start, first, trace, naive_dice = traces(sam, vol, structure, margin=margin, cache=cache)
+        for i, margin in enumerate(args.margins):
+            truth, start, first, trace, naive_dice = traces(sam, vol, structure, margin=margin, cache=cache,
+                                                            with_naive=i == 0)
             by_margin[margin].append((f"{vol.set}/{structure}", truth, start, first, trace))
+            if i == 0:
+                naive[f"{vol.set}/{structure}"] = naive_dice
         runs.append(by_margin[args.margins[0]][-1])
-        naive[f"{vol.set}/{structure}"] = naive_dice
         print(f"{vol.set}/{structure}: start {start}, {len(trace)} slices traced ({time.perf_counter() - t0:.0f} s)")
         print(" slice dir  object  dice   iou   cos  area_ratio overlap")
         for t in trace:
