@@ -18,7 +18,7 @@ from medplib.model.bilingual import GROUND_ANSWER_ZH, is_chinese, to_zh
 from medplib.model.conversation import GROUND_ANSWER, grounding_question
 from medplib_label.engine import MedPLIBEngine
 
-from .promptable import has_region_prompts, segment as promptable_segment
+from .promptable import SamPrompts, box_mask, has_region_prompts, segment as promptable_segment
 from .prompts import PlanePrompts, build_prompts, choose_slice, resolve_task
 from .refer import box_text, history_turns, question_boxes, slice_boxes, volume_boxes
 from .report import slice_report, volume_report
@@ -142,10 +142,24 @@ class MedPLIBInfer(InferTask):
                                           max_new_tokens=p.max_new_tokens, draft_answer=_draft(task, question))
         label = np.zeros(vol.shape, np.uint8)
         names, values = self._mask_names(ans.seg_count, segment, question or "")
-        logit_thr = logit(threshold)
+        logits = list(ans.mask_logits[:len(values)])
+        thresholds = [logit(threshold)] * len(values)
+        mask_source, box_ms = "medplib", {}
+        if task == "ground" and prompts.box is not None and values:
+            # The roi decides the first mask (the box alone, through LiteMedSAM); the answer stays MedPLIB's.
+            sam_out, encode_ms, decode_ms = box_mask(
+                self.engine, request["image"], vol, mapper, p.axis, k, window,
+                SamPrompts(points=prompts.points, point_labels=prompts.point_labels, box=prompts.box),
+                p.sam_threshold)
+            logits[0], thresholds[0], mask_source = sam_out.logits, logit(p.sam_threshold), "promptable"
+            # Further <SEG> masks merged into the same name would grow the box's mask past what the box gave.
+            keep = [0] + [i for i in range(1, len(values)) if values[i] != values[0]]
+            logits, thresholds, values = [logits[i] for i in keep], [thresholds[i] for i in keep], \
+                [values[i] for i in keep]
+            box_ms = {"box_encode": encode_ms, "box_decode": decode_ms}
         for i, value in enumerate(values):
-            slice_logits = mapper.plane_to_slice(ans.mask_logits[i], logits=True)
-            mapper.slice_view(label)[slice_logits > logit_thr] = value
+            slice_logits = mapper.plane_to_slice(logits[i], logits=True)
+            mapper.slice_view(label)[slice_logits > thresholds[i]] = value
         boxes = []
         for name, value in names.items():
             boxes += slice_boxes(name, value, mapper.slice_view(label) == value, mapper, p.min_box_area)
@@ -153,6 +167,7 @@ class MedPLIBInfer(InferTask):
         path = write_label(label, vol, p.result_extension)
         t_end = time.perf_counter()
         latency = {"read": (t_read - t_start) * 1e3, **{k: round(v, 2) for k, v in ans.timings_ms.items()},
+                   **box_ms,
                    "write": (t_end - t_model) * 1e3, "total": (t_end - t_start) * 1e3}
         if cached:
             for stage in ("preprocess", "clip_encoder", "sam_encoder"):
@@ -162,7 +177,7 @@ class MedPLIBInfer(InferTask):
             "label_names": names or {segment or self._name_in(question or "") or self._default_name(): 1},
             "seg_count": ans.seg_count, "axis": p.axis, "slice": k, "view": mapper.view,
             "prompts_used": {**prompts.used, "window": {"center": window.center, "width": window.width}},
-            "features_cached": cached, "iou_predictions": ans.iou_predictions,
+            "features_cached": cached, "iou_predictions": ans.iou_predictions, "mask_source": mask_source,
             "boxes": boxes, "box_format": p.box_format,
             "box_text": box_text(boxes, p.box_format, mapper.model_shape),
             "history_used": len(history), "history_dropped": dropped,

@@ -114,6 +114,24 @@ def test_box_gives_the_structure_and_name_does_not_change_it(client, info, truth
     print(f"cached-slice latency: {again['latency_ms']}")
 
 
+def test_grounding_question_with_a_roi_takes_the_box_mask(client, info, truth):
+    """A grounding question with a roi: MedPLIB answers, the roi alone decides the mask (LiteMedSAM's, as
+    `medplib_sam` gives it): box + <SEG> scored below the box alone in bench/seg_with_box.py."""
+    vol, brain = truth
+    roi = roi_of(brain[SAG], 0, SAG)
+    _, boxed = run(client, "medplib_sam", stock_params(info, "medplib_sam", label="brain", roi=roi, slice=SAG, axis=0))
+    res, label = run(client, "medplib", stock_params(info, "medplib", question="Please segment the brain.", roi=roi,
+                                                      slice=SAG, axis=0))
+    assert res["task"] == "ground" and res["mask_source"] == "promptable" and res["seg_count"] >= 1
+    assert res["label_names"] == {"brain": 1}
+    assert np.array_equal(label > 0, boxed > 0), (res["seg_count"], int((label > 0).sum()), int((boxed > 0).sum()))
+    assert {"box_encode", "box_decode"} <= set(res["latency_ms"])
+    # Without a roi the grounded mask is MedPLIB's own.
+    plain, _ = run(client, "medplib", stock_params(info, "medplib", question="Please segment the brain.",
+                                                    slice=SAG, axis=0))
+    assert plain["task"] == "ground" and plain["mask_source"] == "medplib"
+
+
 def test_clicks_positive_and_negative(client, info, truth):
     vol, brain = truth
     # Three clicks inside the brain on the sagittal slice, one in the air in front of the face.
