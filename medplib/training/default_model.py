@@ -26,7 +26,8 @@ RECIPE = dict(stage="all", epochs=1, batch_size=2, lr=3e-4, lora=LoraSettings(r=
               mask_epochs=12, mask_batch_size=8, mask_lr=1e-3, max_steps_per_epoch=150, val_samples=36, seed=0)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's command line (one step of `medplib.training.recipe`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", default="sample_data/datastore")
     parser.add_argument("--model-dir", default="monailabel_app/model")
@@ -66,16 +67,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-slice", type=int, default=3,
                         help="structures asked about per slice of an extra datastore (grounding and region each)")
     parser.add_argument("--no-resume", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of a parsed command line (validated: inconsistent options raise here)."""
+    return TrainConfig(**{**RECIPE, "stage": args.stage, "epochs": args.epochs, "max_steps_per_epoch": args.steps,
+                          "mask_epochs": args.mask_epochs, "val_samples": args.val_samples, "lr": args.lr,
+                          "pack_turns": args.pack, "region_pixel_dim": args.region_pixels,
+                          "train_encoders": not args.frozen_encoders, "seed": args.seed,
+                          "mask_branch": args.mask_branch, "mask_train_decoder": not args.frozen_decoder,
+                          "mask_lr": args.mask_lr, "mask_train_prompt_encoder": args.mask_prompt_encoder,
+                          "mask_train_neck": args.mask_neck})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from monailabel.datastore.local import LocalDatastore
 
-    cfg = TrainConfig(**{**RECIPE, "stage": args.stage, "epochs": args.epochs, "max_steps_per_epoch": args.steps,
-                         "mask_epochs": args.mask_epochs, "val_samples": args.val_samples, "lr": args.lr, "pack_turns": args.pack,
-                         "region_pixel_dim": args.region_pixels, "train_encoders": not args.frozen_encoders,
-                         "seed": args.seed, "mask_branch": args.mask_branch,
-                         "mask_train_decoder": not args.frozen_decoder, "mask_lr": args.mask_lr,
-                         "mask_train_prompt_encoder": args.mask_prompt_encoder, "mask_train_neck": args.mask_neck})
+    cfg = train_config(args)
     datastore = LocalDatastore(args.studies, auto_reload=False)
     paths = RunPaths(Path(args.model_dir), args.name, "small")
     t0 = time.time()
@@ -83,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
                          resume=not args.no_resume, progress=True, ground_slice_step=args.ground_slice_step,
                          extra=[LocalDatastore(p, auto_reload=False) for p in args.extra_studies],
                          extra_slice_step=args.extra_slice_step, per_slice=args.per_slice)
-    print(json.dumps({"minutes": round((time.time() - t0) / 60, 1), "best_val_score": stats["best_val_score"],
-                      "published": stats.get("published"), "threads": torch.get_num_threads()}, indent=1))
+    summary = {"minutes": round((time.time() - t0) / 60, 1), "best_val_score": stats["best_val_score"],
+               "published": stats.get("published"), "threads": torch.get_num_threads()}
+    print(json.dumps(summary, indent=1))
+    return summary
 
 
 if __name__ == "__main__":
