@@ -56,7 +56,8 @@ def test_missing_wheels_are_reported_with_the_install_command(monkeypatch):
 def test_training_labels_hold_the_vocabulary_values_of_their_atlas(stores):
     train, _ = stores
     objs = objects(train)
-    assert set(objs) == {f"{t}_{a}" for t in ("cat12", "mni152") for a in ATLASES}
+    heads = {f"{t}_head_{a}" for t in ("cat12", "mni152") for a in ATLASES if a in atlas_brains.HEAD_ATLASES}
+    assert heads and set(objs) == {f"{t}_{a}" for t in ("cat12", "mni152") for a in ATLASES} | heads
     vocab = vocabulary()
     for image_id, obj in objs.items():
         info = obj["image"]["info"]
@@ -74,7 +75,13 @@ def test_training_labels_hold_the_vocabulary_values_of_their_atlas(stores):
         assert set(structures["brain"]) == present and atlas_brains.BRAIN_FILL in present
         assert info["pseudo_label"] is image_id.startswith("mni152_")
         assert "deepmriprep 0.3.0" in info["atlas_source"] and info["atlas_licence"] and info["template_licence"]
-        assert info["modality"] == "MR" and info["body_part"] == "brain" and info["orientation"] == "RAS"
+        head = image_id in heads
+        assert info["modality"] == "MR" and info["body_part"] == ("head" if head else "brain")
+        assert info["orientation"] == "RAS" and bool(info.get("skull")) == head
+        if head:  # the same brain and label as the skull-stripped image, inside a synthetic head
+            bare = image_id.replace("_head", "")
+            assert info["synthetic_head"]["skull_mm"] > 0 and info["structures"] == objs[bare]["image"]["info"]["structures"]
+            assert (label > 0).sum() == (label_of(train, bare).array > 0).sum()
     aal3 = objs["cat12_aal3"]["image"]["info"]["structures"]
     assert aal3["left hippocampus"] == [41] and aal3["right hippocampus"] == [42] and len(aal3) > 100
     assert set(objs["cat12_suit"]["image"]["info"]["structures"]) >= {"left cerebellum", "cerebellar vermis"}

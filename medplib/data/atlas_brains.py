@@ -35,9 +35,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from medplib.data.synthetic_head import add_head
 from medplib.data.vocabulary import Vocabulary, vocabulary
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: synthetic heads
+HEAD_ATLASES = ("neuromorphometrics", "aal3")  # atlases whose brains are also given a synthetic head
 FINAL = "final"
 BRAIN_FILL = 255  # brain voxels no CAT12 atlas value covers (no CAT12 atlas uses 255)
 HELDOUT_FILL = 9999  # fsaverage brainmask voxels without an aseg / aparc value
@@ -258,8 +260,9 @@ def atlas_label(atlas: str, template: Template) -> np.ndarray:
 
 
 def training_brains(atlases: Iterable[str] | None = None, templates: Iterable[str] = ("cat12", "mni152"),
-                    vocab: Vocabulary | None = None) -> list[Brain]:
-    """One Brain per template x CAT12 atlas (default: every atlas the vocabulary uses)."""
+                    vocab: Vocabulary | None = None, heads: Iterable[str] = HEAD_ATLASES) -> list[Brain]:
+    """One Brain per template x CAT12 atlas (default: every atlas the vocabulary uses), plus, for each template and
+    each atlas in `heads`, a copy inside a synthetic head (`<template>_head_<atlas>`, medplib.data.synthetic_head)."""
     vocab = vocab or vocabulary()
     atlases = list(atlases) if atlases is not None else cat12_atlases(vocab)
     unknown = set(atlases) - set(ATLAS_LICENCES)
@@ -288,6 +291,12 @@ def training_brains(atlases: Iterable[str] | None = None, templates: Iterable[st
                 info["label_note"] = ("the atlas is defined on this template's space (CAT12); resampling to "
                                       "1.5 mm makes small structures coarse")
             out.append(Brain(f"{key}_{atlas}", tpl.data, label, tpl.affine, info))
+            if atlas in heads:
+                data, head_label, affine, drawn = add_head(tpl.data, label, tpl.affine, seed=len(out))
+                out.append(Brain(f"{key}_head_{atlas}", data, head_label, affine, {
+                    **info, "body_part": "head", "skull": True, "synthetic_head": drawn,
+                    "provenance": info["provenance"] + "; inside a synthetic head (CSF, skull, scalp layers drawn "
+                                                       "around the brain mask: an augmentation, not anatomy)"}))
     return out
 
 
@@ -433,7 +442,9 @@ def build_training(out_dir: str | Path, atlases: Iterable[str] | None = None,
                    templates: Iterable[str] = ("cat12", "mni152"), force: bool = False) -> Path:
     atlases = list(atlases) if atlases is not None else cat12_atlases()
     templates = list(templates)
-    if not force and is_complete(Path(out_dir), [f"{t}_{a}" for t in templates for a in atlases]):
+    ids = [f"{t}_{a}" for t in templates for a in atlases] + \
+        [f"{t}_head_{a}" for t in templates for a in atlases if a in HEAD_ATLASES]
+    if not force and is_complete(Path(out_dir), ids):
         return Path(out_dir).resolve()
     brains = training_brains(atlases, templates)
     return write_datastore(brains, out_dir, "medplib-atlas-brains",
