@@ -187,8 +187,10 @@ def test_vocabulary_evaluation_runs_end_to_end_with_the_default_model(stores, tm
     assert summary["region_naming"]["en"]["n"] == summary["region_naming"]["zh"]["n"] == 2
     for key in ("with_skull", "skull_stripped"):
         assert set(summary["brain"][key]) == {"en", "zh"}
-    # The committed default was trained on "the brain": it finds it on a brain it never saw.
-    assert summary["brain"]["skull_stripped"]["en"] > 0.7
+    # The committed default (docs/default_model.md step 12) on a brain it never saw. Measured: "the brain" 0.970
+    # stripped / 0.937 with skull; these two structures 0.515 and 0.413 (the step-11 weights: 0.443 and 0.101).
+    assert summary["brain"]["skull_stripped"]["en"] > 0.85 and summary["brain"]["with_skull"]["en"] > 0.85
+    assert summary["structures"]["en"]["mean_dice"] > 0.35
     for r in next(iter(report["models"].values()))["samples"]:
         assert 0.0 <= r.get("dice", 0.0) <= 1.0 and r["pred"] is not None
     saved = json.loads((tmp_path / "report.json").read_text())
