@@ -148,7 +148,7 @@ class MedPLIBInfer(InferTask):
         if task == "ground" and prompts.box is not None and values:
             # The roi decides the first mask (the box alone, through LiteMedSAM); the answer stays MedPLIB's.
             sam_out, encode_ms, decode_ms = box_mask(
-                self.engine, request["image"], vol, mapper, p.axis, k, window,
+                self.engine, request["image"], vol, mapper, window,
                 SamPrompts(points=prompts.points, point_labels=prompts.point_labels, box=prompts.box),
                 p.sam_threshold)
             logits[0], thresholds[0], mask_source = sam_out.logits, logit(p.sam_threshold), "promptable"

@@ -102,8 +102,8 @@ def _predict(engine: PromptableEngine, features, prompts: SamPrompts, threshold:
     return out, (time.perf_counter() - t0) * 1e3
 
 
-def box_mask(engine: MedPLIBEngine, image: str, vol: Volume, mapper: PlaneMapper, axis: int, k: int,
-             window: Window, plane: SamPrompts, threshold: float) -> tuple[PromptMask, float, float]:
+def box_mask(engine: MedPLIBEngine, image: str, vol: Volume, mapper: PlaneMapper, window: Window,
+             plane: SamPrompts, threshold: float) -> tuple[PromptMask, float, float]:
     """LiteMedSAM's mask for a box (and clicks) on one slice: (mask, encode ms, decode ms).
 
     A grounding question sent with a roi takes its mask from here: on known structures the box alone beats
@@ -111,8 +111,8 @@ def box_mask(engine: MedPLIBEngine, image: str, vol: Volume, mapper: PlaneMapper
     """
     sam = engine.sam
     with engine.lock:
-        features, _, encode_ms = sam.embedding(sam.key(image, vol.shape, axis, k, window), mapper.extract(vol.array),
-                                               window)
+        key = sam.key(image, vol.shape, mapper.axis, mapper.index, window)
+        features, _, encode_ms = sam.embedding(key, mapper.extract(vol.array), window)
         out, decode_ms = _predict(sam, features, plane, threshold)
     return out, encode_ms, decode_ms
 
