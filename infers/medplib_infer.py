@@ -18,6 +18,7 @@ from medplib.model.bilingual import GROUND_ANSWER_ZH, is_chinese, to_zh
 from medplib.model.conversation import GROUND_ANSWER, grounding_question
 from medplib_label.engine import MedPLIBEngine
 
+from . import atlas_route
 from .promptable import SamPrompts, box_mask, has_region_prompts, segment as promptable_segment
 from .prompts import PlanePrompts, build_prompts, choose_slice, resolve_task
 from .refer import box_text, history_turns, question_boxes, slice_boxes, volume_boxes
@@ -160,6 +161,18 @@ class MedPLIBInfer(InferTask):
         for i, value in enumerate(values):
             slice_logits = mapper.plane_to_slice(logits[i], logits=True)
             mapper.slice_view(label)[slice_logits > thresholds[i]] = value
+        answer, prior = ans.text, {}
+        if task == "ground" and prompts.box is None and len(set(values)) <= 1 and self.engine.atlas.mode != "off":
+            # One named vocabulary structure on a whole head: the registered atlases' mask (docs/atlas_prior.md).
+            if not names:
+                names = {segment or self._name_in(question or "") or self._default_name(): 1}
+            prior = atlas_route.ground(self.engine, request["image"], vol, mapper, label, next(iter(names.values())),
+                                       atlas_route.named_structure(segment, question or ""))
+            mask_source = "atlas_prior" if prior["used"] else mask_source
+        elif task == "region" and self.engine.atlas.mode != "off":
+            text, prior = atlas_route.name_region(self.engine, request["image"], vol, mapper, prompts.regions,
+                                                  question or "")
+            answer = text or answer
         boxes = []
         for name, value in names.items():
             boxes += slice_boxes(name, value, mapper.slice_view(label) == value, mapper, p.min_box_area)
@@ -173,11 +186,13 @@ class MedPLIBInfer(InferTask):
             for stage in ("preprocess", "clip_encoder", "sam_encoder"):
                 latency[stage] = 0.0
         result = {
-            "answer": ans.text, "task": task, "question": question,
+            "answer": answer, "task": task, "question": question,
+            "answer_source": "atlas_prior" if answer != ans.text else "medplib", "model_answer": ans.text,
             "label_names": names or {segment or self._name_in(question or "") or self._default_name(): 1},
             "seg_count": ans.seg_count, "axis": p.axis, "slice": k, "view": mapper.view,
             "prompts_used": {**prompts.used, "window": {"center": window.center, "width": window.width}},
             "features_cached": cached, "iou_predictions": ans.iou_predictions, "mask_source": mask_source,
+            "atlas_prior": prior,
             "boxes": boxes, "box_format": p.box_format,
             "box_text": box_text(boxes, p.box_format, mapper.model_shape),
             "history_used": len(history), "history_dropped": dropped,

