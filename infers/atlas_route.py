@@ -47,6 +47,28 @@ def ground(engine, image_id: str, vol: Volume, mapper: PlaneMapper, label: np.nd
     return {"used": True, **_describe(prior, structure)}
 
 
+def volume_mask(engine, image_id: str, vol: Volume, segment: str | None,
+                question: str) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """(the prior's 3D mask or None, what happened) for a volume-scope grounding request: every slice at once,
+    where the model would be asked slice by slice."""
+    structure = named_structure(segment, question)
+    if structure is None:
+        return None, {"used": False, "unavailable": "the question names no structure of the brain vocabulary"}
+    prior, why = engine.atlas.get(image_id, vol)
+    if prior is None:
+        return None, {"used": False, "unavailable": why}
+    if not prior.covers(structure):
+        return None, {"used": False, "unavailable": f"no installed atlas defines {structure.name!r}"}
+    return prior.mask(structure).astype(np.uint8), {"used": True, **_describe(prior, structure)}
+
+
+def grounded_answer(info: dict[str, Any], question: str) -> str:
+    """The answer of a volume-scope request the prior grounded (no model turn was run)."""
+    if is_chinese(question):
+        return f"好的，这是{info['zh']}（配准图谱）。"
+    return f"Here is the {info['structure']} (registered atlases)."
+
+
 def name_region(engine, image_id: str, vol: Volume, mapper: PlaneMapper, regions: list[Region],
                 question: str) -> tuple[str | None, dict[str, Any]]:
     """(answer text or None, what happened): the structure under the first region prompt, for identity
@@ -82,7 +104,9 @@ def _centre(region: Region) -> tuple[float, float]:
     if isinstance(region, Scribble):
         pts = np.asarray(region.points, dtype=np.float64)
         return float(pts[:, 0].mean()), float(pts[:, 1].mean())
-    rows, cols = np.nonzero(region.mask)
+    rows, cols = np.nonzero(region if isinstance(region, np.ndarray) else region.mask)  # uploaded / dataset masks
+    if not len(rows):
+        return 0.0, 0.0
     return float(rows.mean()), float(cols.mean())
 
 

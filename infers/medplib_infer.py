@@ -215,8 +215,16 @@ class MedPLIBInfer(InferTask):
         names: dict[str, int] = {}
         answers, per_target, boxes = [], {}, []
         for value, (name, question) in enumerate(targets, start=1):
-            mask, stats = ground_volume(self.engine, vol, p.axis, window, question, threshold,
-                                        p.max_new_tokens, p.largest_cc)
+            mask, prior = None, {}
+            if self.engine.atlas.mode != "off":
+                mask, prior = atlas_route.volume_mask(self.engine, request["image"], vol, segment, question)
+            if mask is not None:
+                stats = {"answer": atlas_route.grounded_answer(prior, question), "atlas_prior": prior,
+                         "mask_source": "atlas_prior"}
+            else:
+                mask, stats = ground_volume(self.engine, vol, p.axis, window, question, threshold,
+                                            p.max_new_tokens, p.largest_cc)
+                stats.update(mask_source="medplib", atlas_prior=prior)
             label[mask > 0] = value
             names[name] = value
             boxes += volume_boxes(name, value, mask, p.min_box_area)
