@@ -13,6 +13,7 @@ model alone. Measured on the held-out subject in docs/atlas_prior.md.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -27,8 +28,42 @@ from medplib.imaging.registration import affine_register, sitk_from_ras, spans_m
 MIN_SPAN_MM = 100.0  # a whole brain spans 120-170 mm per axis; less is a partial field of view
 MIN_SLICES = 16
 MAX_METRIC = -0.5  # Mattes MI above this: the template did not find a brain (partial EPI slabs score -0.57)
+# Cerebral-cortex parcels: thin grey-matter ribbons that an affine registration cannot lay exactly on the
+# subject's folds, so their mask is kept to the subject's own grey matter (`grey_matter`).
+CORTICAL = re.compile(r"\b(gyrus|cortex|lobule|pole|cuneus|precuneus|insula|operculum|planum|supplementary motor "
+                      r"area)\b")
+NOT_CORTICAL = ("cerebellar cortex", "cerebral cortex")
 # Whole-tissue classes answer "what is this?" only where no named structure has a majority.
 COARSE_BASES = ("brain", "cerebral cortex", "cerebral white matter", "cerebellum", "cerebrospinal fluid")
+
+
+def is_cortical(s: Structure) -> bool:
+    """A parcel of the cerebral cortex (a gyrus, lobule, pole, the insula...), by its anatomical name."""
+    return bool(CORTICAL.search(s.base)) and s.base not in NOT_CORTICAL
+
+
+def grey_matter(image: np.ndarray, brain: np.ndarray, iterations: int = 30) -> np.ndarray:
+    """The subject's grey matter inside `brain`: the middle of three intensity classes (1D k-means), grown by
+    one voxel for partial volume. The middle class is grey matter on T1 (CSF < GM < WM) and T2 (WM < GM < CSF)
+    alike; not on FLAIR, where white matter is the middle class."""
+    from scipy import ndimage
+
+    values = image[brain].astype(np.float32)
+    if values.size < 3:
+        return np.zeros(image.shape, bool)
+    centres = np.percentile(values, [15.0, 50.0, 85.0]).astype(np.float32)
+    for _ in range(iterations):  # Lloyd's iterations on a sample: the classes settle in a few steps
+        sample = values[:: max(1, values.size // 200_000)]
+        nearest = np.abs(sample[:, None] - centres[None]).argmin(axis=1)
+        new = np.array([sample[nearest == c].mean() if (nearest == c).any() else centres[c] for c in range(3)])
+        if np.allclose(new, centres):
+            break
+        centres = new.astype(np.float32)
+    order = np.argsort(centres)
+    middle = np.abs(values[:, None] - centres[None]).argmin(axis=1) == order[1]
+    grey = np.zeros(image.shape, bool)
+    grey[brain] = middle
+    return ndimage.binary_dilation(grey, iterations=1) & brain
 
 
 class PriorUnavailable(ValueError):
@@ -41,6 +76,7 @@ class SubjectPrior:
 
     labels: dict[str, np.ndarray]  # atlas key -> label on the subject grid
     vocab: Vocabulary
+    grey: np.ndarray | None  # the subject's own grey matter (`grey_matter`), None: cortical parcels not restricted
     metric: float
     seconds: float
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -60,14 +96,18 @@ class SubjectPrior:
         return total / len(atlases)
 
     def mask(self, s: Structure | str) -> np.ndarray:
-        """The fused 3D mask of a structure (or "brain": most atlases non-zero) on the subject grid."""
+        """The fused 3D mask of a structure (or "brain": most atlases non-zero) on the subject grid; a cortical
+        parcel only on the subject's grey matter."""
         name = s if isinstance(s, str) else s.name
         if name not in self._cache:
             if name == "brain":
-                fused = sum((lab > 0).astype(np.float32) for lab in self.labels.values()) / len(self.labels)
+                fused = sum((lab > 0).astype(np.float32) for lab in self.labels.values()) / len(self.labels) >= 0.5
             else:
-                fused = self.votes(self.vocab.by_name[name])
-            self._cache[name] = fused >= 0.5
+                structure = self.vocab.by_name[name]
+                fused = self.votes(structure) >= 0.5
+                if self.grey is not None and is_cortical(structure):
+                    fused &= self.grey
+            self._cache[name] = fused
         return self._cache[name]
 
     def name_at(self, ijk: Sequence[int]) -> Structure | None:
@@ -128,8 +168,9 @@ class AtlasPrior:
             raise PriorUnavailable(f"the atlas prior needs a whole brain in the field of view (at least "
                                    f"{MIN_SPAN_MM:.0f} mm on every axis, got {tuple(round(float(s)) for s in span)})")
 
-    def register(self, image: sitk.Image) -> SubjectPrior:
-        """Register the template onto `image` and warp every atlas onto its grid (about 5 s on two cores)."""
+    def register(self, image: sitk.Image, restrict_cortex: bool = True) -> SubjectPrior:
+        """Register the template onto `image` and warp every atlas onto its grid (about 5 s on two cores);
+        `restrict_cortex`: keep cortical parcels to the subject's grey matter."""
         self.check(image)
         t0 = time.perf_counter()
         reg = affine_register(image, self._template, self._mask)
@@ -137,4 +178,8 @@ class AtlasPrior:
             raise PriorUnavailable(f"the template found no brain in this volume (match {reg.metric:.2f}, needs "
                                    f"<= {MAX_METRIC}); is it a head MRI?")
         labels = {a: warp_label(lab, image, reg.transform) for a, lab in self._labels.items()}
-        return SubjectPrior(labels, self.vocab, reg.metric, time.perf_counter() - t0)
+        prior = SubjectPrior(labels, self.vocab, None, reg.metric, 0.0)
+        if restrict_cortex:
+            prior.grey = grey_matter(sitk.GetArrayFromImage(image).transpose(2, 1, 0), prior.mask("brain"))
+        prior.seconds = time.perf_counter() - t0
+        return prior
