@@ -220,3 +220,22 @@ def test_modes_list_only_what_the_server_offers():
     info = lib.ServerInfo.from_info("http://x", {"name": "MedPLIB Label", "config": {"medplib": {"modes": [
         "box3d", "nonsense"]}}, "models": {"m": {"config": {"modes": ["promptable"]}}}})
     assert [m for m, _ in ia.available_modes(info)] == ["ask", "box3d", "promptable"]
+
+
+def test_answers_say_when_the_mask_came_from_the_atlases_or_the_box():
+    """The chat line names the source of a mask that is not the model's own (the server's response fields, as
+    docs/params.md documents them; a real server's response is checked in tests/test_atlas_prior.py)."""
+    prior = {"used": True, "structure": "left thalamus", "atlases": ["aal3", "hammers", "ibsr"]}
+    sliced = lib.InferResult.from_params({"answer": "Sure, it is [SEG].", "label_names": {"target": 1},
+                                          "seg_count": 1, "mask_source": "atlas_prior", "atlas_prior": prior}, "/x")
+    assert sliced.source_note == "from 3 registered atlases" and sliced.has_masks
+    volume = lib.InferResult.from_params({"answer": "Here is the left thalamus (registered atlases).",
+                                          "scope": "volume", "label_names": {"target": 1}, "seg_count": 1,
+                                          "slices": {"target": {"mask_source": "atlas_prior", "atlas_prior": prior}}},
+                                         "/x")
+    assert volume.source_note == "from 3 registered atlases"
+    boxed = lib.InferResult.from_params({"mask_source": "promptable", "atlas_prior": {}}, None)
+    assert boxed.source_note == "mask from the box (LiteMedSAM)"
+    model = lib.InferResult.from_params({"mask_source": "medplib",
+                                         "atlas_prior": {"used": False, "unavailable": "2D image"}}, None)
+    assert model.source_note == ""

@@ -507,7 +507,10 @@ class MedPLIBLabelWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Serv
         finally:
             if result.label_path:
                 remove_file(result.label_path)
-        self.history.record(context["volumeID"], context["shownQuestion"], result.answer or "(no text answer)",
+        answer = result.answer or "(no text answer)"
+        if result.source_note:
+            answer += f" ({result.source_note})"
+        self.history.record(context["volumeID"], context["shownQuestion"], answer,
                             masks=masks, task=result.task, axis=context["axis"],
                             slice=context["index"] if context["scope"] == "slice" else None,
                             latency_ms=result.latency_ms)

@@ -128,6 +128,21 @@ class InferResult:
                    box_text=str(p.get("box_text") or ""))
 
     @property
+    def source_note(self) -> str:
+        """Where the mask or answer came from when it was not the model's own: "" for the model, e.g.
+        "from 7 registered atlases" (the server's atlas prior) or "mask from the box (LiteMedSAM)"."""
+        prior = self.params.get("atlas_prior") or {}
+        if self.scope == "volume":
+            slices = self.params.get("slices") or {}
+            prior = next((s.get("atlas_prior") for s in slices.values() if isinstance(s, Mapping)
+                          and s.get("mask_source") == "atlas_prior"), prior)
+        if isinstance(prior, Mapping) and prior.get("used"):
+            return f"from {len(prior.get('atlases') or [])} registered atlases"
+        if self.params.get("mask_source") == "promptable":
+            return "mask from the box (LiteMedSAM)"
+        return ""
+
+    @property
     def has_masks(self) -> bool:
         """Whether the answer carries masks to write into segments. A text-only answer (``seg_count`` 0) still
         comes with an all-zero label volume and ``label_names``: applying it would wipe the named segment's slice,
