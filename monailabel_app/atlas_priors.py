@@ -23,7 +23,8 @@ MODES = ("auto", "off")
 class AtlasPriors:
     """`get(image_id, volume)` -> (SubjectPrior or None, why not)."""
 
-    def __init__(self, mode: str = "auto", keep: int = 4):
+    def __init__(self, mode: str = "auto", keep: int = 2):
+        # A registered image holds its nine warped atlases, one byte per voxel each (about 100 MB for a 1 mm head).
         if mode not in MODES:
             raise ValueError(f"--conf atlas_prior must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.keep = mode, keep

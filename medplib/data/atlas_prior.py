@@ -87,12 +87,12 @@ class SubjectPrior:
     def covers(self, s: Structure | None) -> bool:
         return s is not None and (s.name == "brain" or bool(self.atlases_for(s)))
 
-    def votes(self, s: Structure, where: tuple = ()) -> np.ndarray:
-        """Fraction (0..1) of the atlases defining `s` that put each voxel of `where` (an index) inside it."""
+    def votes(self, s: Structure) -> np.ndarray:
+        """Fraction (0..1) of the atlases defining `s` that put each voxel inside it."""
         atlases = self.atlases_for(s)
         if not atlases:
             raise KeyError(f"no installed atlas defines {s.name!r}")
-        total = sum(np.isin(self.labels[a][where], s.sources[a]).astype(np.float32) for a in atlases)
+        total = sum(np.isin(self.labels[a], s.sources[a]).astype(np.float32) for a in atlases)
         return total / len(atlases)
 
     def mask(self, s: Structure | str) -> np.ndarray:
@@ -108,6 +108,8 @@ class SubjectPrior:
                 if self.grey is not None and is_cortical(structure):
                     fused &= self.grey
             self._cache[name] = fused
+            while len(self._cache) > 8:  # the few structures asked in a row (slice after slice) stay
+                self._cache.pop(next(iter(self._cache)))
         return self._cache[name]
 
     def name_at(self, ijk: Sequence[int]) -> Structure | None:
@@ -147,7 +149,8 @@ class AtlasPrior:
         # The brain and a rim around it: the dark border the subject's skull or CSF gives, not the skull itself.
         rim = ndimage.binary_dilation(template.mask, iterations=4).astype(np.uint8)
         self._mask = sitk_from_ras(rim, template.affine)
-        self._labels = {a: sitk_from_ras(lab.astype(np.int16), template.affine) for a, lab in labels.items()}
+        # uint8 (every CAT12 atlas value is < 256): the warped labels take one byte per voxel and atlas.
+        self._labels = {a: sitk_from_ras(lab.astype(np.uint8), template.affine) for a, lab in labels.items()}
         self.info = dict(template.info)
 
     @classmethod
