@@ -15,6 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
+from medplib.data.augment import augment_view
 from medplib.data.planes import PlaneMapper
 from medplib.data.volumes import Volume, auto_window, read_volume
 from medplib.imaging.preprocess import Window, prepare_rgb
@@ -192,13 +193,16 @@ def _with_rgb(convs: list[Conversation], rgb: np.ndarray) -> list[Conversation]:
 def build_conversations(datastore, split: str = "train", seed: int = 0, slice_step: int = 1,
                         kinds: Iterable[str] = ("ground", "region", "vqa"), span: int = 20,
                         unlabelled_slices: int = 3, min_brain_fraction: float = 0.02,
-                        image_ids: Iterable[str] | None = None, per_slice: int | None = None) -> list[Conversation]:
+                        image_ids: Iterable[str] | None = None, per_slice: int | None = None,
+                        augment: float = 0.0) -> list[Conversation]:
     """Conversations over every labelled image's slices of the requested split, on all three axes (`per_slice`:
-    see `slice_conversations`).
+    see `slice_conversations`; `augment`: the fraction of labelled slices given a random pose, resolution and
+    intensity change, `medplib.data.augment`, drawn from their own random stream so that 0 changes nothing).
 
     Unlabelled images contribute closed VQA on a few slices (metadata is not a label) to the train split only.
     """
     rng = random.Random(seed)
+    aug_rng = random.Random(f"augment-{seed}")
     studies = getattr(datastore, "_datastore_path", None) or getattr(datastore, "_studies", None)
     splits = load_splits(studies) if studies else {}
     labelled = set(datastore.get_labeled_images())
@@ -226,5 +230,7 @@ def build_conversations(datastore, split: str = "train", seed: int = 0, slice_st
                 label_view = view.mapper.extract_labels(label)
                 if (label_view > 0).mean() < min_brain_fraction:
                     continue
+                if augment and aug_rng.random() < augment:
+                    view, label_view, _ = augment_view(aug_rng, view, label_view)
                 out += slice_conversations(rng, image_id, view, info, label_view, span, kinds, per_slice)
     return out

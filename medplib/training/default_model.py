@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--extra-slice-step", type=int, default=12)
     parser.add_argument("--per-slice", type=int, default=3,
                         help="structures asked about per slice of an extra datastore (grounding and region each)")
+    parser.add_argument("--augment", type=float, default=0.0,
+                        help="fraction of training slices given a random pose, resolution and intensity change "
+                             "(medplib.data.augment); validation slices never are")
     parser.add_argument("--no-resume", action="store_true")
     return parser
 
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     stats = run_training(datastore, args.start, paths, cfg, slice_step=args.slice_step, val_slice_step=6,
                          resume=not args.no_resume, progress=True, ground_slice_step=args.ground_slice_step,
                          extra=[LocalDatastore(p, auto_reload=False) for p in args.extra_studies],
-                         extra_slice_step=args.extra_slice_step, per_slice=args.per_slice)
+                         extra_slice_step=args.extra_slice_step, per_slice=args.per_slice, augment=args.augment)
     summary = {"minutes": round((time.time() - t0) / 60, 1), "best_val_score": stats["best_val_score"],
                "published": stats.get("published"), "threads": torch.get_num_threads()}
     print(json.dumps(summary, indent=1))

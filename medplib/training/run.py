@@ -164,13 +164,14 @@ def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, 
                  val_slice_step: int = 6, resume: bool = True, progress: bool = True,
                  should_stop: Callable[[], bool] | None = None,
                  ground_slice_step: int | None = None, extra: Sequence[Any] = (), extra_slice_step: int = 12,
-                 per_slice: int | None = 3) -> dict[str, Any]:
+                 per_slice: int | None = 3, augment: float = 0.0) -> dict[str, Any]:
     """Build conversations from the datastore's final labels and train; returns the stats.
 
     `ground_slice_step`: slice step of the grounding conversations (default `slice_step`): the mask phase runs
     the LLM once per grounding conversation, so it stays affordable while the questions use every slice.
     `extra`: more datastores to train on (e.g. the multi-atlas brains), every `extra_slice_step`-th slice, at
     most `per_slice` structures asked about per slice; validation stays on `datastore`'s held-out slices.
+    `augment`: the fraction of training slices augmented (`medplib.data.augment`); never validation.
     """
     start = time.time()
     (model, tokenizer), spec = load_start_model(model_spec, paths, resume)
@@ -183,15 +184,15 @@ def run_training(datastore, model_spec: str, paths: RunPaths, cfg: TrainConfig, 
     kinds = sorted(stage_kinds | ({"ground"} if cfg.mask_epochs else set()))
     if ground_slice_step and ground_slice_step != slice_step and "ground" in kinds:
         train_convs = build_conversations(datastore, "train", seed=cfg.seed, slice_step=slice_step,
-                                          kinds=[k for k in kinds if k != "ground"], span=span)
+                                          kinds=[k for k in kinds if k != "ground"], span=span, augment=augment)
         train_convs += build_conversations(datastore, "train", seed=cfg.seed, slice_step=ground_slice_step,
-                                           kinds=["ground"], span=span)
+                                           kinds=["ground"], span=span, augment=augment)
     else:
         train_convs = build_conversations(datastore, "train", seed=cfg.seed, slice_step=slice_step, kinds=kinds,
-                                          span=span)
+                                          span=span, augment=augment)
     for more in extra:
         added = build_conversations(more, "train", seed=cfg.seed, slice_step=extra_slice_step, kinds=kinds,
-                                    span=span, per_slice=per_slice)
+                                    span=span, per_slice=per_slice, augment=augment)
         logger.info("%d training conversations from %s", len(added), getattr(more, "_datastore_path", more))
         train_convs += added
     val_convs = build_conversations(datastore, "val", seed=cfg.seed + 1, slice_step=val_slice_step, kinds=kinds,
