@@ -190,7 +190,8 @@ class MedPLIBInfer(InferTask):
             "answer_source": "atlas_prior" if answer != ans.text else "medplib", "model_answer": ans.text,
             "label_names": names or {segment or self._name_in(question or "") or self._default_name(): 1},
             # The prior's mask counts as one even when the model gave no <SEG> (Slicer applies only seg_count > 0).
-            "seg_count": max(ans.seg_count, 1) if mask_source == "atlas_prior" else ans.seg_count, "axis": p.axis, "slice": k, "view": mapper.view,
+            "seg_count": max(ans.seg_count, 1) if mask_source == "atlas_prior" else ans.seg_count,
+            "axis": p.axis, "slice": k, "view": mapper.view,
             "prompts_used": {**prompts.used, "window": {"center": window.center, "width": window.width}},
             "features_cached": cached, "iou_predictions": ans.iou_predictions, "mask_source": mask_source,
             "atlas_prior": prior,
