@@ -15,7 +15,7 @@ from medplib.data.conversations import REGION_Q
 from medplib.data.planes import PlaneMapper
 from medplib.data.vocabulary import Structure, vocabulary
 from medplib.data.volumes import Volume
-from medplib.imaging.regions import Box, Point, Region, Scribble
+from medplib.imaging.regions import Point, Region, rasterize
 from medplib.model.bilingual import REGION_QUESTIONS_ZH, is_chinese
 
 IDENTITY_QUESTIONS = {q.replace("<region>", "").strip().lower() for q in (*REGION_Q, *REGION_QUESTIONS_ZH)}
@@ -31,16 +31,24 @@ def named_structure(segment: str | None, question: str) -> Structure | None:
     return None if found is None or found.base in COARSE_BASES else found
 
 
+def _prior_for(engine, image_id: str, vol: Volume, structure: Structure | None):
+    """(the registered prior, None) when it can ground `structure` on this image, else (None, why not)."""
+    if structure is None:
+        return None, {"used": False, "unavailable": "the question names no structure of the brain vocabulary"}
+    prior, why = engine.atlas.get(image_id, vol)
+    if prior is None:
+        return None, {"used": False, "unavailable": why}
+    if not prior.covers(structure):
+        return None, {"used": False, "unavailable": f"no installed atlas defines {structure.name!r}"}
+    return prior, None
+
+
 def ground(engine, image_id: str, vol: Volume, mapper: PlaneMapper, label: np.ndarray, value: int,
            structure: Structure | None) -> dict[str, Any]:
     """Replace mask `value` on the slice with the prior's mask of `structure` when it can; what happened."""
-    if structure is None:
-        return {"used": False, "unavailable": "the question names no structure of the brain vocabulary"}
-    prior, why = engine.atlas.get(image_id, vol)
+    prior, why_not = _prior_for(engine, image_id, vol, structure)
     if prior is None:
-        return {"used": False, "unavailable": why}
-    if not prior.covers(structure):
-        return {"used": False, "unavailable": f"no installed atlas defines {structure.name!r}"}
+        return why_not
     view = mapper.slice_view(label)
     view[view == value] = 0
     view[mapper.slice_view(prior.mask(structure))] = value
@@ -52,13 +60,9 @@ def volume_mask(engine, image_id: str, vol: Volume, segment: str | None,
     """(the prior's 3D mask or None, what happened) for a volume-scope grounding request: every slice at once,
     where the model would be asked slice by slice."""
     structure = named_structure(segment, question)
-    if structure is None:
-        return None, {"used": False, "unavailable": "the question names no structure of the brain vocabulary"}
-    prior, why = engine.atlas.get(image_id, vol)
+    prior, why_not = _prior_for(engine, image_id, vol, structure)
     if prior is None:
-        return None, {"used": False, "unavailable": why}
-    if not prior.covers(structure):
-        return None, {"used": False, "unavailable": f"no installed atlas defines {structure.name!r}"}
+        return None, why_not
     return prior.mask(structure).astype(np.uint8), {"used": True, **_describe(prior, structure)}
 
 
@@ -78,7 +82,7 @@ def name_region(engine, image_id: str, vol: Volume, mapper: PlaneMapper, regions
     prior, why = engine.atlas.get(image_id, vol)
     if prior is None:
         return None, {"used": False, "unavailable": why}
-    row, col = _centre(regions[0])
+    row, col = _centre(regions[0], mapper.model_shape)
     s = prior.name_at(mapper.to_voxel(row, col))
     if s is None:
         return None, {"used": False, "unavailable": "no atlas labels this point (outside the brain)"}
@@ -92,21 +96,15 @@ def name_region(engine, image_id: str, vol: Volume, mapper: PlaneMapper, regions
 
 
 def _describe(prior, s: Structure) -> dict[str, Any]:
-    return {"structure": s.name, "zh": s.zh, "atlases": prior.atlases_for(s) if s.name != "brain" else [],
+    return {"structure": s.name, "zh": s.zh, "atlases": prior.atlases_for(s),
             "registration_match": round(prior.metric, 3), "registration_ms": round(prior.seconds * 1e3, 1)}
 
 
-def _centre(region: Region) -> tuple[float, float]:
+def _centre(region: Region, shape: tuple[int, int]) -> tuple[float, float]:
+    """(row, col) a region prompt is named at: a point itself, else the centre of what the model pools."""
     if isinstance(region, Point):
         return region.row, region.col
-    if isinstance(region, Box):
-        return (region.y1 + region.y2) / 2, (region.x1 + region.x2) / 2
-    if isinstance(region, Scribble):
-        pts = np.asarray(region.points, dtype=np.float64)
-        return float(pts[:, 0].mean()), float(pts[:, 1].mean())
-    rows, cols = np.nonzero(region if isinstance(region, np.ndarray) else region.mask)  # uploaded / dataset masks
-    if not len(rows):
-        return 0.0, 0.0
+    rows, cols = np.nonzero(rasterize(region, shape))
     return float(rows.mean()), float(cols.mean())
 
 

@@ -44,7 +44,7 @@ from medplib.evaluation.evaluate import binarise, decoding_settings, load_model
 from medplib.imaging.metrics import dice_from_iou, iou
 from medplib.imaging.regions import Point
 from medplib.inference.predictor import MedPLIBPredictor
-from medplib.model.bilingual import GROUND_TEMPLATES_ZH, REGION_QUESTIONS_ZH, to_zh
+from medplib.model.bilingual import GROUND_TEMPLATES_ZH, REGION_QUESTIONS_ZH, is_chinese, to_zh
 from medplib.model.conversation import GROUND_TEMPLATES
 
 DEFAULT_MODEL = "monailabel_app/model/small"
@@ -219,7 +219,7 @@ class PriorAsker:
         s = self.priors[self._image_id].name_at(self._view.mapper.to_voxel(point.row, point.col))
         if s is None:
             return ""
-        return f"这是{s.zh}。" if "这" in question else f"This is the {s.name}."
+        return f"这是{s.zh}。" if is_chinese(question) else f"This is the {s.name}."
 
 
 def evaluate_model(asker: ModelAsker | PriorAsker, data: dict[str, Any], targets: Sequence[Target],
