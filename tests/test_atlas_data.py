@@ -57,9 +57,21 @@ def test_training_labels_hold_the_vocabulary_values_of_their_atlas(stores):
     train, _ = stores
     objs = objects(train)
     heads = {f"{t}_head_{a}" for t in ("cat12", "mni152") for a in ATLASES if a in atlas_brains.HEAD_ATLASES}
-    assert heads and set(objs) == {f"{t}_{a}" for t in ("cat12", "mni152") for a in ATLASES} | heads
+    cts = {f"{t}_ct_head_{i}" for t in ("cat12", "mni152") for i in range(atlas_brains.CT_HEADS)}
+    assert heads and set(objs) == {f"{t}_{a}" for t in ("cat12", "mni152") for a in ATLASES} | heads | cts
     vocab = vocabulary()
+    for image_id in sorted(cts):  # pseudo-CT heads: Hounsfield units, labelled with the brain only
+        info, vol = objs[image_id]["image"]["info"], read_volume(str(train / f"{image_id}.nii.gz"))
+        label = label_of(train, image_id).array
+        assert info["modality"] == "CT" and info["skull"] and info["structures"] == {"brain": [1]}
+        assert set(np.unique(label).tolist()) == {0, 1}
+        template = "cat12_aal3" if image_id.startswith("cat12") else "mni152_aal3"
+        assert label.sum() == (label_of(train, template).array > 0).sum()  # the template's own brain mask
+        assert vol.array.min() <= -1000 and vol.array.max() > 1000  # air and bone
+        assert -5 < np.median(vol.array[label > 0]) < 50  # brain tissue, not bone or air
     for image_id, obj in objs.items():
+        if image_id in cts:
+            continue
         info = obj["image"]["info"]
         atlas = info["atlas"]
         label = label_of(train, image_id).array
@@ -179,16 +191,17 @@ def test_vocabulary_evaluation_runs_end_to_end_with_the_default_model(stores, tm
 
     _, heldout = stores
     report = main(["--model", str(DEFAULT_MODEL), "--heldout", str(heldout), "--structures", "2",
-                   "--out", str(tmp_path), "--no-progress", "--threads", "1"])
+                   "--brain-slices", "2", "--out", str(tmp_path), "--no-progress", "--threads", "1"])
     assert [t["name"] for t in report["targets"]] == ["left cerebellar cortex", "brainstem"]
     assert all(t["slice_pixels"] >= 200 and t["axis"] == 2 for t in report["targets"])
     (summary,) = [m["summary"] for m in report["models"].values()]
     assert summary["structures"]["en"]["n"] == summary["structures"]["zh"]["n"] == 2
     assert summary["region_naming"]["en"]["n"] == summary["region_naming"]["zh"]["n"] == 2
+    assert summary["box_naming"]["en"]["n"] == summary["box_naming"]["zh"]["n"] == 2
     for key in ("with_skull", "skull_stripped"):
-        assert set(summary["brain"][key]) == {"en", "zh"}
-    # The committed default (docs/default_model.md step 12) on a brain it never saw. Measured: "the brain" 0.970
-    # stripped / 0.937 with skull; these two structures 0.515 and 0.413 (the step-11 weights: 0.443 and 0.101).
+        assert set(summary["brain"][key]) == {"en", "zh"} and summary["brain_slices"][key]["n"] == 2
+    # The committed default (docs/default_model.md step 13) on a brain it never saw. Measured: "the brain" 0.962
+    # stripped / 0.898 with skull (largest slice); these two structures 0.578 and 0.543 (step 12: 0.515, 0.413).
     assert summary["brain"]["skull_stripped"]["en"] > 0.85 and summary["brain"]["with_skull"]["en"] > 0.85
     assert summary["structures"]["en"]["mean_dice"] > 0.35
     for r in next(iter(report["models"].values()))["samples"]:
@@ -197,7 +210,7 @@ def test_vocabulary_evaluation_runs_end_to_end_with_the_default_model(stores, tm
     assert saved["targets"] == report["targets"]
     assert (tmp_path / "dice_per_structure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "report.md").read_text()
-    assert "left cerebellar cortex" in md and "brain Dice, with skull (EN)" in md
+    assert "left cerebellar cortex" in md and "brain Dice, with skull, largest slice (EN)" in md
 
 
 @needs_atlases

@@ -170,10 +170,12 @@ def test_cat12_atlases_ground_and_name_structures_of_the_held_out_subject(heldou
     out = score_prior(data, targets, vocab)
     summary = out["summary"]
     print(json.dumps({k: summary[k] for k in ("structures", "region_naming", "brain")}))
-    # Measured (docs/atlas_prior.md): 20 structures 0.633 (EN = ZH), naming 15 / 20, thalamus 0.894, putamen 0.857.
+    # Measured (docs/atlas_prior.md): 20 structures 0.633 (EN = ZH), points named 15 / 20, boxes 14 / 20,
+    # thalamus 0.894, putamen 0.857.
     assert summary["structures"]["en"]["mean_dice"] > 0.55
     assert summary["structures"]["zh"]["mean_dice"] == pytest.approx(summary["structures"]["en"]["mean_dice"])
     assert summary["region_naming"]["en"]["accuracy"] >= 0.6 and summary["region_naming"]["zh"]["accuracy"] >= 0.6
+    assert summary["box_naming"]["en"]["accuracy"] >= 0.6 and summary["box_naming"]["zh"]["accuracy"] >= 0.6
     assert summary["per_structure"]["right thalamus"]["dice_en"] > 0.8
     assert summary["per_structure"]["left putamen"]["dice_en"] > 0.75
     assert all(r["metric"] < -0.5 for r in out["registration"].values())
@@ -234,6 +236,12 @@ def test_server_grounds_and_names_vocabulary_structures_from_the_atlases(served,
                        {"question": question, "foreground": [[int(i), int(j), k]], "axis": 2, "slice": k})
         assert named["task"] == "region" and named["answer_source"] == "atlas_prior", named
         assert named["answer"] == expected and named["model_answer"] != named["answer"]
+    # A box drawn round the right putamen (an roi, as the Slicer module sends it) is named at its centre.
+    putamen = truth[:, :, k] == 51  # FreeSurfer aseg: 51 = Right-Putamen
+    rows, cols = np.nonzero(putamen)
+    roi = [int(rows.min()) - 2, int(rows.max()) + 2, int(cols.min()) - 2, int(cols.max()) + 2, k, k]
+    boxed, _ = ask(served, tmp_path, "fsaverage_t1", {"question": "What is this structure?", "roi": roi, "axis": 2})
+    assert boxed["answer_source"] == "atlas_prior" and boxed["answer"] == "This is the right putamen.", boxed
 
 
 @needs_atlases
@@ -247,3 +255,4 @@ def test_volume_scope_grounds_a_structure_in_3d_from_the_atlases(served, heldout
     assert res["scope"] == "volume" and stats["mask_source"] == "atlas_prior"
     assert stats["atlas_prior"]["structure"] == "right putamen" and res["answer"] == "好的，这是右侧壳核（配准图谱）。"
     assert d > 0.65  # measured 0.759 (affine registration; docs/atlas_prior.md)
+

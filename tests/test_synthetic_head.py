@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medplib.data.synthetic_head import PAD, add_head
+from medplib.data.synthetic_head import PAD, add_ct_head, add_head
 
 
 def _brain(shape=(40, 44, 36), spacing=1.5):
@@ -56,3 +56,29 @@ def test_same_seed_same_head_other_seed_other_head():
     c = add_head(data, label, affine, seed=8)
     np.testing.assert_array_equal(a[0], b[0])
     assert a[3] != c[3] and not np.array_equal(a[0], c[0])
+
+
+def test_ct_head_in_hounsfield_units_grey_brighter_than_white():
+    """The pseudo-CT on nilearn's real MNI152 T1 with its own grey / white matter masks: brain tissue at brain HU,
+    grey matter above white (inverted from T1), bone, fat and air where a head CT has them."""
+    from nilearn import datasets
+    from scipy import ndimage
+
+    mni = datasets.load_mni152_template(resolution=2)
+    t1 = np.asarray(mni.dataobj, np.float32)
+    gm = np.asarray(datasets.load_mni152_gm_mask(resolution=2).dataobj) > 0
+    wm = np.asarray(datasets.load_mni152_wm_mask(resolution=2).dataobj) > 0
+    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=2).dataobj) > 0
+    hu, label, affine, drawn = add_ct_head(t1, brain.astype(np.uint8), mni.affine, seed=2)
+    inner = (slice(PAD, -PAD),) * 3
+    assert hu.dtype == np.int16 and set(np.unique(label).tolist()) == {0, 1}
+    np.testing.assert_array_equal(label[inner] > 0, brain)
+    np.testing.assert_allclose(affine @ [PAD, PAD, PAD, 1], mni.affine @ [0, 0, 0, 1])
+    core = hu[inner]
+    deep_gm, deep_wm = ndimage.binary_erosion(gm & ~wm), ndimage.binary_erosion(wm & ~gm)
+    assert np.median(core[deep_gm]) > np.median(core[deep_wm]) + 3  # grey above white on CT
+    assert -5 < np.median(core[deep_wm]) < 45 and np.median(core[deep_gm]) < 55
+    dist = ndimage.distance_transform_edt(label == 0, sampling=2.0)
+    skull_mid = drawn["csf_mm"] + 1.0  # inside the inner table
+    assert hu[(dist > skull_mid - 0.5) & (dist < skull_mid + 0.5)].mean() > 300
+    assert hu[dist > drawn["csf_mm"] + drawn["skull_mm"] + drawn["scalp_mm"] + 6].mean() < -950  # air

@@ -35,11 +35,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from medplib.data.synthetic_head import add_head
+from medplib.data.synthetic_head import add_ct_head, add_head
 from medplib.data.vocabulary import Vocabulary, vocabulary
 
-BUILD_VERSION = 2  # 2: synthetic heads
+BUILD_VERSION = 3  # 2: synthetic heads; 3: synthetic CT heads
 HEAD_ATLASES = ("neuromorphometrics", "aal3")  # atlases whose brains are also given a synthetic head
+CT_HEADS = 3  # pseudo-CT heads per template (label: the brain only)
 FINAL = "final"
 BRAIN_FILL = 255  # brain voxels no CAT12 atlas value covers (no CAT12 atlas uses 255)
 HELDOUT_FILL = 9999  # fsaverage brainmask voxels without an aseg / aparc value
@@ -260,9 +261,11 @@ def atlas_label(atlas: str, template: Template) -> np.ndarray:
 
 
 def training_brains(atlases: Iterable[str] | None = None, templates: Iterable[str] = ("cat12", "mni152"),
-                    vocab: Vocabulary | None = None, heads: Iterable[str] = HEAD_ATLASES) -> list[Brain]:
+                    vocab: Vocabulary | None = None, heads: Iterable[str] = HEAD_ATLASES,
+                    ct_heads: int = CT_HEADS) -> list[Brain]:
     """One Brain per template x CAT12 atlas (default: every atlas the vocabulary uses), plus, for each template and
-    each atlas in `heads`, a copy inside a synthetic head (`<template>_head_<atlas>`, medplib.data.synthetic_head)."""
+    each atlas in `heads`, a copy inside a synthetic head (`<template>_head_<atlas>`), and `ct_heads` pseudo-CT
+    heads per template labelled with the brain only (`<template>_ct_head_<n>`; medplib.data.synthetic_head)."""
     vocab = vocab or vocabulary()
     atlases = list(atlases) if atlases is not None else cat12_atlases(vocab)
     unknown = set(atlases) - set(ATLAS_LICENCES)
@@ -297,6 +300,24 @@ def training_brains(atlases: Iterable[str] | None = None, templates: Iterable[st
                     **info, "body_part": "head", "skull": True, "synthetic_head": drawn,
                     "provenance": info["provenance"] + "; inside a synthetic head (CSF, skull, scalp layers drawn "
                                                        "around the brain mask: an augmentation, not anatomy)"}))
+        out += _ct_heads(key, tpl, ct_heads, seed0=len(out))
+    return out
+
+
+def _ct_heads(key: str, tpl: Template, n: int, seed0: int) -> list[Brain]:
+    """`n` pseudo-CT heads around the template's brain, labelled "brain" (1) only: on CT the model is taught the
+    brain, not atlas structures it could not see there."""
+    out = []
+    for i in range(n):
+        hu, brain, affine, drawn = add_ct_head(tpl.data, tpl.mask, tpl.affine, seed=1000 + seed0 + i)
+        out.append(Brain(f"{key}_ct_head_{i}", hu, brain, affine, {
+            **tpl.info, "modality": "CT", "body_part": "head", "skull": True,
+            "licence": f"template: {tpl.info['template_licence']}", "source": tpl.info["template_source"],
+            "provenance": f"{tpl.info['template']} as a pseudo-CT inside a synthetic CT head (Hounsfield units "
+                          "from the T1 tissue levels; bone, scalp and air layers drawn: an augmentation, not "
+                          "anatomy)",
+            "synthetic_ct_head": drawn, "pseudo_label": False,
+            "label_method": "the template's brain mask (1)", "structures": {"brain": [1]}, "derived": True}))
     return out
 
 
@@ -443,7 +464,8 @@ def build_training(out_dir: str | Path, atlases: Iterable[str] | None = None,
     atlases = list(atlases) if atlases is not None else cat12_atlases()
     templates = list(templates)
     ids = [f"{t}_{a}" for t in templates for a in atlases] + \
-        [f"{t}_head_{a}" for t in templates for a in atlases if a in HEAD_ATLASES]
+        [f"{t}_head_{a}" for t in templates for a in atlases if a in HEAD_ATLASES] + \
+        [f"{t}_ct_head_{i}" for t in templates for i in range(CT_HEADS)]
     if not force and is_complete(Path(out_dir), ids):
         return Path(out_dir).resolve()
     brains = training_brains(atlases, templates)

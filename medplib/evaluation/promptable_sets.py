@@ -115,7 +115,8 @@ def invesalius_volume(cache: str | Path, log: Callable[[str], None] = print) -> 
     window = Window(float(main["window_level"]), float(main["window_width"]))
     return [EvalVolume("invesalius", "cranium_ct", ct.astype(np.float32), window, structures,
                        f"invesalius-examples {INVESALIUS} ({main.get('name', '')}, spacing {main['spacing']})",
-                       "GPL-2 (Debian invesalius-examples)", three_d=("head",))]
+                       "GPL-2 (Debian invesalius-examples)", three_d=("head",),
+                       extra={"spacing": [float(v) for v in main["spacing"]]})]  # x (column), y (row), z (slice)
 
 
 def itk_volume(log: Callable[[str], None] = print) -> list[EvalVolume]:

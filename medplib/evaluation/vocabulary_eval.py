@@ -42,7 +42,7 @@ from medplib.data.volumes import auto_window, read_volume
 from medplib.data.vocabulary import Vocabulary, vocabulary
 from medplib.evaluation.evaluate import binarise, decoding_settings, load_model
 from medplib.imaging.metrics import dice_from_iou, iou
-from medplib.imaging.regions import Point
+from medplib.imaging.regions import Box, Point, region_centre
 from medplib.inference.predictor import MedPLIBPredictor
 from medplib.model.bilingual import GROUND_TEMPLATES_ZH, REGION_QUESTIONS_ZH, is_chinese, to_zh
 from medplib.model.conversation import GROUND_TEMPLATES
@@ -129,14 +129,37 @@ def pick_targets(label: np.ndarray, axis: int, structures: dict[str, list[int]],
     return out
 
 
-def brain_targets(label: np.ndarray, axis: int, values: list[int], image_ids: Sequence[str]) -> list[Target]:
-    """'brain' on the largest axial slice of the brain, once per image (with and without skull)."""
+def spread_slices(areas: np.ndarray, n: int = 10, min_fraction: float = 0.5) -> list[int]:
+    """`n` slices evenly spread over those whose area is at least `min_fraction` of the largest."""
+    ok = np.flatnonzero(areas >= min_fraction * areas.max())
+    if ok.size <= n:
+        return ok.tolist()
+    return sorted({int(ok[round(i)]) for i in np.linspace(0, ok.size - 1, n)})
+
+
+def brain_targets(label: np.ndarray, axis: int, values: list[int], image_ids: Sequence[str],
+                  spread: int = 10) -> list[Target]:
+    """'brain' on the largest axial slice of the brain (kind "brain") and on `spread` axial slices spread over it
+    (kind "brain_spread": one slice is a noisy measure), once per image (with and without skull)."""
     values_, per_slice = _counts(label, axis)
     cols = [i for i, v in enumerate(values_) if int(v) in set(values)]
     prof = per_slice[:, cols].sum(axis=1)
     index = int(prof.argmax())
-    return [Target("brain", to_zh("brain"), list(values), image_id, axis, index, int(prof.sum()), int(prof[index]),
-                   "brain") for image_id in image_ids]
+    out = []
+    for image_id in image_ids:
+        out.append(Target("brain", to_zh("brain"), list(values), image_id, axis, index, int(prof.sum()),
+                          int(prof[index]), "brain"))
+        out += [Target("brain", to_zh("brain"), list(values), image_id, axis, k, int(prof.sum()), int(prof[k]),
+                       "brain_spread") for k in (spread_slices(prof, spread) if spread else [])]
+    return out
+
+
+def outline_box(mask: np.ndarray, margin: int = 2) -> Box:
+    """The box a user draws around a structure on a slice: its extent plus `margin` pixels, inside the image."""
+    rows, cols = np.nonzero(mask)
+    h, w = mask.shape
+    return Box(max(int(cols.min()) - margin, 0), max(int(rows.min()) - margin, 0),
+               min(int(cols.max()) + margin, w - 1), min(int(rows.max()) + margin, h - 1))
 
 
 def interior_point(mask: np.ndarray) -> Point:
@@ -188,8 +211,8 @@ class ModelAsker:
         preds = binarise(ans, self.threshold)
         return ans.text, (preds[0] if len(preds) else None)
 
-    def name(self, point: Point, question: str) -> str:
-        return self.predictor.ask(question, regions=[point], max_new_tokens=self.max_new_tokens).text
+    def name(self, region: Point | Box, question: str) -> str:
+        return self.predictor.ask(question, regions=[region], max_new_tokens=self.max_new_tokens).text
 
 
 class PriorAsker:
@@ -215,8 +238,9 @@ class PriorAsker:
             return f"atlas prior: {name}", self._view.mapper.extract_labels(prior.mask(name))
         return "atlas prior: no atlas defines this", None
 
-    def name(self, point: Point, question: str) -> str:
-        s = self.priors[self._image_id].name_at(self._view.mapper.to_voxel(point.row, point.col))
+    def name(self, region: Point | Box, question: str) -> str:
+        mapper = self._view.mapper  # named where the server names it (infers/atlas_route.py)
+        s = self.priors[self._image_id].name_at(mapper.to_voxel(*region_centre(region, mapper.model_shape)))
         if s is None:
             return ""
         return f"这是{s.zh}。" if is_chinese(question) else f"This is the {s.name}."
@@ -245,18 +269,19 @@ def evaluate_model(asker: ModelAsker | PriorAsker, data: dict[str, Any], targets
                 progress()
         if t.kind != "structure":
             continue
-        point = interior_point(gt)
         truth = vocab.by_name[t.name]
-        for lang in ("en", "zh"):
-            text = asker.name(point, REGION[lang])
-            got = vocab.resolve(text)
-            records.append({**base, "task": "region", "lang": lang, "question": REGION[lang], "pred": text,
-                            "point": [point.row, point.col], "resolved": got.name if got else None,
-                            "correct": got is not None and got.name == truth.name,
-                            "base_right_side_wrong": got is not None and got.base == truth.base
-                            and got.name != truth.name})
-            if progress:
-                progress()
+        for task, region in (("region", interior_point(gt)), ("region_box", outline_box(gt))):
+            for lang in ("en", "zh"):
+                text = asker.name(region, REGION[lang])
+                got = vocab.resolve(text)
+                records.append({**base, "task": task, "lang": lang, "question": REGION[lang], "pred": text,
+                                "prompt": [float(v) for v in vars(region).values()],
+                                "resolved": got.name if got else None,
+                                "correct": got is not None and got.name == truth.name,
+                                "base_right_side_wrong": got is not None and got.base == truth.base
+                                and got.name != truth.name})
+                if progress:
+                    progress()
     return records
 
 
@@ -268,17 +293,21 @@ def _mean(values) -> float | None:
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     ground = [r for r in records if r["task"] == "ground"]
     structs = [r for r in ground if r["kind"] == "structure"]
-    region = [r for r in records if r["task"] == "region"]
-    out: dict[str, Any] = {"structures": {}, "brain": {}, "region_naming": {}}
+    out: dict[str, Any] = {"structures": {}, "brain": {}, "region_naming": {}, "box_naming": {}}
     for lang in ("en", "zh"):
         out["structures"][lang] = {"n": sum(r["lang"] == lang for r in structs),
                                    "mean_dice": _mean(r["dice"] for r in structs if r["lang"] == lang)}
-        reg = [r for r in region if r["lang"] == lang]
-        out["region_naming"][lang] = {"n": len(reg), "correct": sum(r["correct"] for r in reg),
-                                      "accuracy": _mean(float(r["correct"]) for r in reg),
-                                      "base_right_side_wrong": sum(r["base_right_side_wrong"] for r in reg)}
+        for key, task in (("region_naming", "region"), ("box_naming", "region_box")):
+            reg = [r for r in records if r["task"] == task and r["lang"] == lang]
+            out[key][lang] = {"n": len(reg), "correct": sum(r["correct"] for r in reg),
+                              "accuracy": _mean(float(r["correct"]) for r in reg),
+                              "base_right_side_wrong": sum(r["base_right_side_wrong"] for r in reg)}
+    out["brain_slices"] = {}
     for key, image_id in (("with_skull", WITH_SKULL), ("skull_stripped", SKULL_STRIPPED)):
         out["brain"][key] = {r["lang"]: r["dice"] for r in ground if r["kind"] == "brain" and r["image_id"] == image_id}
+        spread = [r for r in ground if r["kind"] == "brain_spread" and r["image_id"] == image_id]
+        out["brain_slices"][key] = {lang: _mean(r["dice"] for r in spread if r["lang"] == lang) for lang in ("en", "zh")}
+        out["brain_slices"][key]["n"] = len(spread) // 2
     per: dict[str, dict] = {}
     for r in records:
         if r["kind"] != "structure":
@@ -287,8 +316,9 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         if r["task"] == "ground":
             entry[f"dice_{r['lang']}"] = r["dice"]
         else:
-            entry[f"region_{r['lang']}"] = r["resolved"]
-            entry[f"region_{r['lang']}_answer"] = r["pred"]
+            prefix = "region" if r["task"] == "region" else "box"
+            entry[f"{prefix}_{r['lang']}"] = r["resolved"]
+            entry[f"{prefix}_{r['lang']}_answer"] = r["pred"]
     out["per_structure"] = per
     return out
 
@@ -349,20 +379,27 @@ def markdown(report: dict[str, Any]) -> str:
             lambda s, lang=lang: s["structures"][lang]["mean_dice"])
     for key, text in (("with_skull", "with skull"), ("skull_stripped", "skull-stripped")):
         for lang in ("en", "zh"):
-            row(f"brain Dice, {text} ({lang.upper()})", lambda s, k=key, lang=lang: s["brain"][k].get(lang))
+            row(f"brain Dice, {text}, largest slice ({lang.upper()})",
+                lambda s, k=key, lang=lang: s["brain"][k].get(lang))
+            row(f"brain Dice, {text}, mean of spread slices ({lang.upper()})",
+                lambda s, k=key, lang=lang: (s.get("brain_slices") or {}).get(k, {}).get(lang))
     for lang in ("en", "zh"):
-        row(f"region naming accuracy ({lang.upper()})", lambda s, lang=lang: s["region_naming"][lang]["accuracy"])
+        row(f"region naming accuracy, point ({lang.upper()})",
+            lambda s, lang=lang: s["region_naming"][lang]["accuracy"])
+        row(f"region naming accuracy, box ({lang.upper()})",
+            lambda s, lang=lang: (s.get("box_naming") or {}).get(lang, {}).get("accuracy"))
         row(f"region: base right, side wrong ({lang.upper()})",
             lambda s, lang=lang: s["region_naming"][lang]["base_right_side_wrong"])
-    lines += ["", "Per structure (Dice EN / ZH; what the model named a point inside it, EN, resolved by the vocabulary):", "",
+    lines += ["", "Per structure (Dice EN / ZH; what was named at a point inside it and for a box around it, EN, "
+                  "resolved by the vocabulary):", "",
               "| structure | slice | pixels | " + " | ".join(f"`{m}`" for m in models) + " |",
               "|---|---|---|" + "---|" * len(models)]
     for t in report["targets"]:
         cells = []
         for m in models:
             p = report["models"][m]["summary"]["per_structure"].get(t["name"], {})
-            named = p.get("region_en") or f"\"{p.get('region_en_answer', '')}\" (no structure)"
-            cells.append(f"{_f(p.get('dice_en'))} / {_f(p.get('dice_zh'))}; {named}")
+            named = [p.get(f"{k}_en") or f"\"{p.get(f'{k}_en_answer', '')}\" (no structure)" for k in ("region", "box")]
+            cells.append(f"{_f(p.get('dice_en'))} / {_f(p.get('dice_zh'))}; {named[0]}; box: {named[1]}")
         lines.append(f"| {t['name']} | {t['index']} | {t['slice_pixels']} | " + " | ".join(cells) + " |")
     lines += ["", "Seconds per model: " + ", ".join(f"`{m}` {report['models'][m]['seconds']:.0f}" for m in models)]
     return "\n".join(lines) + "\n"
@@ -388,7 +425,8 @@ def _plain(obj: Any) -> Any:
 # ---------------------------------------------------------------------------------------------- CLI
 def run(models: Sequence[str], heldout: str | os.PathLike = DEFAULT_HELDOUT, n_structures: int = 20,
         min_pixels: int = 200, threshold: float = 0.1, max_new_tokens: int = 24, device: str = "cpu",
-        dtype: str = "auto", show_progress: bool = True, atlas_prior: bool = False) -> dict[str, Any]:
+        dtype: str = "auto", show_progress: bool = True, atlas_prior: bool = False,
+        brain_slices: int = 10) -> dict[str, Any]:
     """Score each model (loaded one at a time), and the atlas prior if asked, on the same held-out questions."""
     from tqdm import tqdm
 
@@ -398,12 +436,12 @@ def run(models: Sequence[str], heldout: str | os.PathLike = DEFAULT_HELDOUT, n_s
     axis = axial_axis(vol)
     structures = {k: [int(v) for v in vs] for k, vs in data["structures"].items()}
     targets = pick_targets(data["label"], axis, structures, SKULL_STRIPPED, n_structures, min_pixels, vocab)
-    brains = brain_targets(data["label"], axis, structures["brain"], (SKULL_STRIPPED, WITH_SKULL))
+    brains = brain_targets(data["label"], axis, structures["brain"], (SKULL_STRIPPED, WITH_SKULL), brain_slices)
     dtype = dtype if dtype != "auto" else "bfloat16" if device.startswith("cuda") else "float32"
     report: dict[str, Any] = {"task": "vocabulary", "heldout": str(heldout), "axis": axis, "min_pixels": min_pixels,
                               "threshold": threshold, "targets": [asdict(t) for t in targets],
                               "brain_targets": [asdict(t) for t in brains], "models": {}}
-    n_questions = 4 * len(targets) + 2 * len(brains)
+    n_questions = 6 * len(targets) + 2 * len(brains)
     for spec in models:
         key = spec if spec not in report["models"] else f"{spec} (compare)"
         t0 = time.perf_counter()
@@ -447,6 +485,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--atlas-prior", action="store_true",
                     help="also score the atlas prior (CAT12 atlases registered onto the subject; docs/atlas_prior.md)")
+    ap.add_argument("--brain-slices", type=int, default=10,
+                    help="'the brain' is also asked on this many axial slices spread over it (0: largest only)")
     ap.add_argument("--out", default="eval_out/vocabulary")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -459,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     models = [args.model] + ([args.compare_model] if args.compare_model else [])
     report = run(models, args.heldout, args.structures, args.min_pixels, args.threshold, args.max_new_tokens,
-                 args.device, args.dtype, not args.no_progress, args.atlas_prior)
+                 args.device, args.dtype, not args.no_progress, args.atlas_prior, args.brain_slices)
     files = write_report(report, args.out)
     print(markdown(report))
     print("wrote " + ", ".join(str(p) for p in files.values()))

@@ -79,6 +79,14 @@ def rasterize(region: Region, shape: tuple[int, int], span: int = 20) -> np.ndar
     return mask
 
 
+def region_centre(region: Region, shape: tuple[int, int]) -> tuple[float, float]:
+    """(row, col) a region prompt is named at: a point itself, else the centre of its rasterised mask."""
+    if isinstance(region, Point):
+        return float(region.row), float(region.col)
+    rows, cols = np.nonzero(rasterize(region, shape))
+    return float(rows.mean()), float(cols.mean())
+
+
 def draw_polyline(points: Sequence[Sequence[float]], shape: tuple[int, int], width: int = 3) -> np.ndarray:
     """Rasterise a polyline of (row, col) points as a stroke `width` pixels wide (a single point is a dot)."""
     h, w = shape

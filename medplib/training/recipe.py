@@ -11,7 +11,7 @@ in `<model-dir>/recipe_done.json`, so running the command again after an interru
 in and skips the finished ones. `--install` then copies the result over the embedded default
 (`monailabel_app/model/small`). The steps and why each exists: docs/default_model.md.
 
-Budget: about 6 CPU hours on 2 cores (`--list` sums the minutes measured here per step); on a GPU the same command
+Budget: about 7 CPU hours on 2 cores (`--list` sums the minutes measured here per step); on a GPU the same command
 runs unchanged (`CUDA_VISIBLE_DEVICES` picks the device).
 """
 
@@ -69,6 +69,9 @@ STEPS: tuple[Step, ...] = (
     Step("vocab2", LITE + ("--mask-epochs", "4", "--mask-neck", "--mask-prompt-encoder", "--slice-step", "8",
                            "--extra-slice-step", "12", "--per-slice", "3", "--seed", "5"), 54,
          "four more epochs on other slices' questions (seed 5), with the synthetic heads", needs_atlas=True),
+    Step("vocab4", LITE + ("--mask-epochs", "4", "--mask-neck", "--mask-prompt-encoder", "--slice-step", "8",
+                           "--extra-slice-step", "12", "--per-slice", "3", "--seed", "7"), 52,
+         "four more epochs (seed 7) with the pseudo-CT heads: \"the brain\" on head CT", needs_atlas=True),
 )
 
 
