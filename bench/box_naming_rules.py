@@ -31,7 +31,7 @@ from medplib.data.vocabulary import vocabulary
 from medplib.evaluation.vocabulary_eval import (DEFAULT_HELDOUT, SKULL_STRIPPED, WITH_SKULL, axial_axis, load_heldout,
                                                 outline_box, pick_targets)
 from medplib.imaging.boxes import PixelBox, box_iou
-from medplib.imaging.regions import rasterize
+from medplib.imaging.regions import rasterize, region_centre
 
 RULES = ("centre", "box", "mask")
 MARGINS = (0, 2, 5)
@@ -73,11 +73,11 @@ def outlined(sp, extract, outline: np.ndarray, fit: str):
     return best
 
 
-def name_with(sp, view, outline: np.ndarray, rule: str):
-    if rule == "centre":
-        rows, cols = np.nonzero(outline)
-        return sp.name_at(view.mapper.to_voxel(float(rows.mean()), float(cols.mean())))
-    return outlined(sp, view.mapper.extract_labels, outline, rule)
+def name_with(sp, view, box, rule: str):
+    shape = view.mapper.model_shape
+    if rule == "centre":  # exactly what the server does (infers/atlas_route.py)
+        return sp.name_at(view.mapper.to_voxel(*region_centre(box, shape)))
+    return outlined(sp, view.mapper.extract_labels, rasterize(box, shape), rule)
 
 
 def score(sp, vol, window, label, targets) -> dict[str, dict[int, int]]:
@@ -87,9 +87,9 @@ def score(sp, vol, window, label, targets) -> dict[str, dict[int, int]]:
         view = load_slice(vol, t.axis, t.index, window)
         gt = np.isin(view.mapper.extract_labels(label), t.values)
         for m in MARGINS:
-            outline = rasterize(outline_box(gt, m), view.mapper.model_shape)
+            box = outline_box(gt, m)
             for rule in RULES:
-                s = name_with(sp, view, outline, rule)
+                s = name_with(sp, view, box, rule)
                 right[rule][m] += int(s is not None and s.name == t.name)
     return right
 

@@ -27,13 +27,8 @@ def add_head(data: np.ndarray, label: np.ndarray, affine: np.ndarray, seed: int 
              pad: int = PAD) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """(head T1 int16, label, affine, what was drawn) for a skull-stripped T1 whose brain is `label > 0`."""
     rng = np.random.default_rng(seed)
-    data = np.pad(data.astype(np.float32), pad)
-    label = np.pad(label, pad)
-    out_affine = affine.copy()
-    out_affine[:3, 3] = affine[:3, 3] - affine[:3, :3] @ np.full(3, float(pad))
+    data, label, out_affine, dist = _padded(data, label, affine, pad)
     brain = label > 0
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    dist = ndimage.distance_transform_edt(~brain, sampling=spacing)  # mm outside the brain
     ref = float(np.percentile(data[brain], 95))
     csf, table, diploe, scalp = (rng.uniform(1.5, 3.5), rng.uniform(1.5, 2.5), rng.uniform(2.0, 4.0),
                                  rng.uniform(4.0, 8.0))
@@ -41,10 +36,7 @@ def add_head(data: np.ndarray, label: np.ndarray, affine: np.ndarray, seed: int 
     levels = [rng.uniform(0.08, 0.18), rng.uniform(0.03, 0.08), rng.uniform(0.35, 0.55), rng.uniform(0.03, 0.08),
               rng.uniform(0.75, 0.95)]
     shell = np.zeros(data.shape, np.float32)
-    inner = 0.0
-    for outer, level in zip(edges, levels):
-        shell[(dist > inner) & (dist <= outer)] = level * ref
-        inner = outer
+    _paint_layers(shell, dist, edges, [level * ref for level in levels])
     head = ndimage.gaussian_filter(np.where(brain, data, shell), 0.7)
     head += rng.normal(0.0, 0.015 * ref, head.shape).astype(np.float32) * (dist <= edges[-1])
     head[brain] = data[brain]
@@ -58,12 +50,8 @@ def add_ct_head(data: np.ndarray, label: np.ndarray, affine: np.ndarray, seed: i
     """(head pseudo-CT int16 HU, brain label 0/1, affine, what was drawn) for a skull-stripped T1 (brain =
     `label > 0`). Brain HU follow the T1 tissue levels: CSF ~ water, white matter below grey matter."""
     rng = np.random.default_rng(seed)
-    data = np.pad(data.astype(np.float32), pad)
-    brain = np.pad(label, pad) > 0
-    out_affine = affine.copy()
-    out_affine[:3, 3] = affine[:3, 3] - affine[:3, :3] @ np.full(3, float(pad))
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    dist = ndimage.distance_transform_edt(~brain, sampling=spacing)
+    data, label, out_affine, dist = _padded(data, label, affine, pad)
+    brain = label > 0
     csf_t1, gm_t1, wm_t1 = np.percentile(data[brain], (2.0, 35.0, 85.0))
     csf_hu, gm_hu = rng.uniform(0.0, 12.0), rng.uniform(34.0, 44.0)
     wm_hu = gm_hu - rng.uniform(6.0, 12.0)
@@ -73,10 +61,7 @@ def add_ct_head(data: np.ndarray, label: np.ndarray, affine: np.ndarray, seed: i
               rng.uniform(2.0, 4.0), rng.uniform(1.0, 4.0)]
     levels = [csf_hu, rng.uniform(1100, 1900), rng.uniform(300, 800), rng.uniform(1100, 1900),
               rng.uniform(25, 60), rng.uniform(-110, -60)]  # CSF, table, diploe, table, scalp, fat
-    inner = 0.0
-    for outer, level in zip(np.cumsum(widths), levels):
-        hu[(dist > inner) & (dist <= outer)] = level
-        inner = outer
+    inner = _paint_layers(hu, dist, np.cumsum(widths), levels)
     skin = (dist > inner) & (dist <= inner + rng.uniform(1.0, 2.0))
     hu[skin] = rng.uniform(20, 50)
     hu = ndimage.gaussian_filter(hu, rng.uniform(0.5, 0.9))
@@ -86,3 +71,24 @@ def add_ct_head(data: np.ndarray, label: np.ndarray, affine: np.ndarray, seed: i
              "scalp_mm": round(sum(widths[4:]), 2), "grey_white_hu": [round(gm_hu, 1), round(wm_hu, 1)],
              "noise_hu": round(noise, 1), "seed": seed}
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), brain.astype(np.uint8), out_affine, drawn
+
+
+def _padded(data: np.ndarray, label: np.ndarray, affine: np.ndarray,
+            pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(data as float32, label, affine, mm outside the brain), all padded by `pad` voxels on every side; the
+    affine keeps every voxel at its world position."""
+    data = np.pad(data.astype(np.float32), pad)
+    label = np.pad(label, pad)
+    out_affine = affine.copy()
+    out_affine[:3, 3] = affine[:3, 3] - affine[:3, :3] @ np.full(3, float(pad))
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    return data, label, out_affine, ndimage.distance_transform_edt(label == 0, sampling=spacing)
+
+
+def _paint_layers(image: np.ndarray, dist: np.ndarray, edges, levels) -> float:
+    """Shells outside the brain: between consecutive `edges` (mm) the value of `levels`; returns the outer edge."""
+    inner = 0.0
+    for outer, level in zip(edges, levels):
+        image[(dist > inner) & (dist <= outer)] = level
+        inner = float(outer)
+    return inner

@@ -31,7 +31,7 @@ from scipy import ndimage
 from medplib.data.conversations import load_slice
 from medplib.data.volumes import Volume, auto_window
 from medplib.evaluation.evaluate import load_model
-from medplib.evaluation.promptable_sets import invesalius_volume
+from medplib.evaluation.promptable_sets import invesalius_volume, largest_component
 from medplib.imaging.metrics import dice_from_iou, iou
 from medplib.evaluation.vocabulary_eval import DEFAULT_MODEL, ModelAsker, axial_axis, spread_slices
 from medplib.inference.predictor import MedPLIBPredictor
@@ -57,16 +57,9 @@ def intracranial(ct2d: np.ndarray, bone2d: np.ndarray) -> np.ndarray:
     ring = ndimage.binary_closing(bone2d, disk, iterations=2)
     inside = ndimage.binary_fill_holes(ring) & ~ndimage.binary_dilation(bone2d, disk)
     soft = inside & (ct2d > SOFT_HU[0]) & (ct2d < SOFT_HU[1])
-    core = _largest(ndimage.binary_opening(soft, disk, iterations=2))
+    core = largest_component(ndimage.binary_opening(soft, disk, iterations=2))
     grown = ndimage.binary_dilation(core, disk, iterations=2) & soft  # give back what the opening shaved
-    return ndimage.binary_fill_holes(_largest(grown))
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask)
-    if n == 0:
-        return np.zeros(mask.shape, bool)
-    return lab == 1 + int(np.argmax(ndimage.sum(np.ones_like(lab), lab, range(1, n + 1))))
+    return ndimage.binary_fill_holes(largest_component(grown))
 
 
 def load_ct_head(cache: str | os.PathLike = "eval_out/promptable_data") -> dict[str, Any] | None:
